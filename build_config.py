@@ -1,0 +1,115 @@
+"""How setup.py builds the extension: which kernels, for which CPU and GPU, with what flags.
+
+Kept apart from setup.py so that tests can check the decisions without building.
+
+* CPU kernels: always. Compiled for one SIMD level of ATen's Vectorized: by default the
+  best this machine runs (as torch reports it), or $GLU_FUSED_CPU_CAPABILITY
+  (default, avx2, avx512) for a build meant for other machines.
+* CUDA kernels: when csrc/cuda has kernels, nvcc is found and torch is a CUDA build
+  (torch.version.cuda). Never decided from torch.cuda.is_available(): a machine without a
+  GPU still compiles and links them. $GLU_FUSED_CUDA=0 turns them off, =1 makes their
+  absence an error. Architectures come from $TORCH_CUDA_ARCH_LIST, as torch reads it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(ROOT, "csrc")
+
+CPU_CAPABILITIES = ("default", "avx2", "avx512")
+_CPU_FLAGS = {
+    "default": [],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY_AVX512"],
+}
+# Architectures built when $TORCH_CUDA_ARCH_LIST is unset: Ampere, Ada, Hopper (+PTX).
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+
+
+def find_cuda_home(environ=os.environ) -> str | None:
+    """The CUDA toolkit: $CUDA_HOME, else /usr/local/cuda, else the one around nvcc.
+
+    /usr/local/bin/nvcc may be a wrapper, from which torch would guess /usr/local.
+    """
+    for candidate in (environ.get("CUDA_HOME"), environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and os.path.isfile(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.isdir(os.path.join(home, "include")):
+            return home
+    return None
+
+
+def cpu_capability(torch_capability: str, environ=os.environ) -> str:
+    """The SIMD level to compile the CPU kernels for."""
+    asked = environ.get("GLU_FUSED_CPU_CAPABILITY", "").strip().lower()
+    if asked:
+        if asked not in CPU_CAPABILITIES:
+            raise ValueError(
+                f"GLU_FUSED_CPU_CAPABILITY={asked!r}: expected one of {CPU_CAPABILITIES}"
+            )
+        return asked
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "default"
+    here = torch_capability.lower()
+    return here if here in CPU_CAPABILITIES else "default"
+
+
+@dataclass
+class BuildPlan:
+    with_cuda: bool
+    reason: str
+    cpu_capability: str
+    sources: list[str] = field(default_factory=list)
+    cxx_flags: list[str] = field(default_factory=list)
+    nvcc_flags: list[str] = field(default_factory=list)
+
+
+def cuda_sources() -> list[str]:
+    return sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+
+
+def cuda_decision(
+    torch_cuda_version: str | None, cuda_home: str | None, kernels: list[str], environ=os.environ
+) -> tuple[bool, str]:
+    """(build the CUDA kernels?, why)."""
+    switch = environ.get("GLU_FUSED_CUDA", "").strip()
+    if switch == "0":
+        return False, "GLU_FUSED_CUDA=0"
+    missing = None
+    if not kernels:
+        missing = "csrc/cuda has no kernels"
+    elif torch_cuda_version is None:
+        missing = "torch is a CPU-only build"
+    elif cuda_home is None:
+        missing = "nvcc was not found"
+    if missing is None:
+        return True, f"nvcc in {cuda_home}, torch for CUDA {torch_cuda_version}"
+    if switch == "1":
+        raise RuntimeError(f"GLU_FUSED_CUDA=1 but the CUDA kernels cannot be built: {missing}")
+    return False, missing
+
+
+def plan(torch_cuda_version: str | None, torch_capability: str, environ=os.environ) -> BuildPlan:
+    cuda_home = find_cuda_home(environ)
+    kernels = cuda_sources()
+    with_cuda, reason = cuda_decision(torch_cuda_version, cuda_home, kernels, environ)
+    capability = cpu_capability(torch_capability, environ)
+    sources = [os.path.join(CSRC, "glu_ops.cpp"), os.path.join(CSRC, "cpu", "glu_cpu.cpp")]
+    defines = [f'-DGLU_FUSED_CPU_CAPABILITY="{capability}"']
+    cxx = ["-O3", "-fno-math-errno", *defines, *_CPU_FLAGS[capability]]
+    nvcc = []
+    if with_cuda:
+        sources += kernels
+        cxx.append("-DGLU_FUSED_WITH_CUDA")
+        nvcc = ["-O3", "-DGLU_FUSED_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+    return BuildPlan(with_cuda, reason, capability, sources, cxx, nvcc)

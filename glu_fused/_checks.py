@@ -1,0 +1,70 @@
+"""Argument checks shared by every backend: bad input raises before anything runs."""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+LAYOUTS = ("halves", "interleaved")
+GELU_APPROXIMATIONS = ("none", "tanh")
+GATE_ACTIVATIONS = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu")
+
+
+def check_dtype(t: torch.Tensor, name: str = "x") -> None:
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"glu_fused: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
+        )
+
+
+def split_dim(x: torch.Tensor, dim: int) -> int:
+    """`dim` made non-negative, after checking it exists and that x's size along it is even."""
+    rank = x.dim()
+    if rank == 0:
+        raise ValueError("glu_fused: cannot split a 0-dimensional tensor")
+    if not -rank <= dim < rank:
+        raise ValueError(
+            f"glu_fused: dim {dim} is out of range for a tensor of {rank} dimensions"
+        )
+    dim = dim % rank
+    if x.shape[dim] % 2:
+        raise ValueError(
+            f"glu_fused: the size along dim {dim} must be even to split it in two, "
+            f"got {x.shape[dim]}"
+        )
+    return dim
+
+
+def is_interleaved(layout: str) -> bool:
+    if layout not in LAYOUTS:
+        raise ValueError(f"glu_fused: unknown layout {layout!r}; expected one of {LAYOUTS}")
+    return layout == "interleaved"
+
+
+def check_approximate(approximate: str) -> None:
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(
+            f"glu_fused: unknown approximate {approximate!r}; "
+            f"expected one of {GELU_APPROXIMATIONS}"
+        )
+
+
+def check_activation(activation: str) -> None:
+    if activation not in GATE_ACTIVATIONS:
+        raise ValueError(
+            f"glu_fused: unknown activation {activation!r}; expected one of {GATE_ACTIVATIONS}"
+        )
+
+
+def check_gate_value(gate: torch.Tensor, value: torch.Tensor) -> None:
+    check_dtype(gate, "gate")
+    check_dtype(value, "value")
+    for what, a, b in (
+        ("shape", tuple(gate.shape), tuple(value.shape)),
+        ("dtype", gate.dtype, value.dtype),
+        ("device", gate.device, value.device),
+    ):
+        if a != b:
+            raise ValueError(
+                f"glu_fused: gate and value must have the same {what}, got {a} and {b}"
+            )

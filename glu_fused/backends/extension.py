@@ -1,0 +1,84 @@
+"""The "cpu" and "cuda" backends: the compiled extension's kernels (glu_fused._C)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _ops
+
+# The extension registers its kernels into the ops of _ops when it is imported.
+try:
+    from .. import _C
+except ImportError as error:  # not built, or built against another torch
+    _C = None
+    _IMPORT_ERROR = f"the compiled extension is not available ({error})"
+else:
+    _IMPORT_ERROR = None
+
+# torch's names for the SIMD levels, lowest first.
+_CPU_LEVELS = ("default", "avx2", "avx512")
+
+
+def built_cpu_capability() -> str | None:
+    """The SIMD level the CPU kernels were compiled for, or None without an extension."""
+    return None if _C is None else _C.CPU_CAPABILITY
+
+
+def _cpu_reason() -> str | None:
+    if _C is None:
+        return _IMPORT_ERROR
+    built = _C.CPU_CAPABILITY
+    here = torch.backends.cpu.get_cpu_capability().lower()
+    if built in _CPU_LEVELS and here in _CPU_LEVELS:
+        if _CPU_LEVELS.index(built) > _CPU_LEVELS.index(here):
+            return (f"the CPU kernels were built for {built} but this CPU runs {here}; "
+                    "rebuild with GLU_FUSED_CPU_CAPABILITY=default")
+    return None
+
+
+def _cuda_reason() -> str | None:
+    if _C is None:
+        return _IMPORT_ERROR
+    if not _C.WITH_CUDA:
+        return "the extension was built without CUDA kernels (no nvcc or a CPU-only torch)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available"
+    return None
+
+
+# Decided once, at import: the hot path (and torch.compile's tracing) only reads them.
+_CPU_REASON = _cpu_reason()
+_CUDA_REASON = _cuda_reason()
+
+
+class _ExtensionBackend:
+    name: str
+    device_type: str
+
+    def unsupported_reason(self, device: torch.device) -> str | None:
+        if device.type != self.device_type:
+            return (f"the {self.name!r} backend runs {self.device_type} tensors; "
+                    f"got a {device.type} tensor")
+        return None
+
+    def packed(self, x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
+        return _ops.apply(_ops.PACKED, x, dim, function, interleaved, alpha, limit)
+
+    def gated(self, gate, value, activation) -> torch.Tensor:
+        return _ops.apply(_ops.GATED, gate, value, activation)
+
+
+class CpuBackend(_ExtensionBackend):
+    name = "cpu"
+    device_type = "cpu"
+
+    def unavailable_reason(self) -> str | None:
+        return _CPU_REASON
+
+
+class CudaBackend(_ExtensionBackend):
+    name = "cuda"
+    device_type = "cuda"
+
+    def unavailable_reason(self) -> str | None:
+        return _CUDA_REASON
