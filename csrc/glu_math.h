@@ -7,12 +7,14 @@
 // `Vectorized<double>`, so the CPU's SIMD loops evaluate exactly these formulas.
 //
 // Numerical rules (see SPEC.md, "Numerics"):
-//   * stable forms only: sigmoid(x) = 1 / (1 + exp(-x)) saturates to 0 or 1, never NaN;
+//   * stable forms only: sigmoid and the GELUs never overflow and keep their relative
+//     accuracy for negative inputs (a tiny act(gate) may be multiplied by a huge value);
 //     products that can meet 0 * inf for large |x| are replaced by selects;
 //   * NaN propagates: comparisons are written so that a NaN input takes the branch that
 //     returns it (clamp and relu keep NaN, as torch.clamp and torch.relu do);
 //   * derivatives of clamp and relu are masks (selects), as in PyTorch's autograd, so an
-//     upstream inf is not turned into NaN by a multiplication with zero.
+//     upstream inf is not turned into NaN by a multiplication with zero; at a clamp bound
+//     the gradient is 0, at relu's kink too.
 // Only CUDA headers and the standard library may be included here: nvcc compiles it alone.
 #pragma once
 
@@ -50,22 +52,22 @@ struct MathOps;
 template <>
 struct MathOps<float> {
   GLU_HD static float exp(float x) { return ::expf(x); }
-  GLU_HD static float erf(float x) { return ::erff(x); }
+  GLU_HD static float abs(float x) { return ::fabsf(x); }
+  GLU_HD static float erfc(float x) { return ::erfcf(x); }
   GLU_HD static float tanh(float x) { return ::tanhf(x); }
   GLU_HD static float select_lt(float a, float b, float x, float y) { return a < b ? x : y; }
   GLU_HD static float select_gt(float a, float b, float x, float y) { return a > b ? x : y; }
-  GLU_HD static float select_le(float a, float b, float x, float y) { return a <= b ? x : y; }
   GLU_HD static float select_eq(float a, float b, float x, float y) { return a == b ? x : y; }
 };
 
 template <>
 struct MathOps<double> {
   GLU_HD static double exp(double x) { return ::exp(x); }
-  GLU_HD static double erf(double x) { return ::erf(x); }
+  GLU_HD static double abs(double x) { return ::fabs(x); }
+  GLU_HD static double erfc(double x) { return ::erfc(x); }
   GLU_HD static double tanh(double x) { return ::tanh(x); }
   GLU_HD static double select_lt(double a, double b, double x, double y) { return a < b ? x : y; }
   GLU_HD static double select_gt(double a, double b, double x, double y) { return a > b ? x : y; }
-  GLU_HD static double select_le(double a, double b, double x, double y) { return a <= b ? x : y; }
   GLU_HD static double select_eq(double a, double b, double x, double y) { return a == b ? x : y; }
 };
 
@@ -77,10 +79,30 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kSqrt2OverPi = 0.79788456080286535588;
 constexpr double kGeluCubic = 0.044715;
 
+// sigmoid(x) and 1 - sigmoid(x) = sigmoid(-x), each computed without cancellation:
+// 1 / (1 + e) and e / (1 + e) with e = exp(-|x|), which never overflows. Tiny values keep
+// their relative accuracy (a huge factor may multiply them), and so does the slope
+// s * (1 - s) = e / (1 + e)^2 on both sides.
+template <typename T>
+struct Sigmoid {
+  T s;
+  T one_minus_s;
+
+  GLU_HD explicit Sigmoid(T x) {
+    using M = MathOps<T>;
+    const T e = M::exp(T(0) - M::abs(x));
+    const T big = T(1) / (T(1) + e);
+    const T small = e * big;
+    s = M::select_lt(x, T(0), small, big);
+    one_minus_s = M::select_lt(x, T(0), big, small);
+  }
+
+  GLU_HD T slope() const { return s * one_minus_s; }
+};
+
 template <typename T>
 GLU_HD T sigmoid(T x) {
-  using M = MathOps<T>;
-  return T(1) / (T(1) + M::exp(T(0) - x));
+  return Sigmoid<T>(x).s;
 }
 
 // clamp(x, max=hi) that keeps NaN: NaN > hi is false.
@@ -96,11 +118,12 @@ GLU_HD T clamp(T x, T lo, T hi) {
   return M::select_lt(x, lo, lo, clamp_max(x, hi));
 }
 
-// Mask of clamp's derivative: upstream where lo <= x <= hi, else 0 (NaN gives 0, as autograd).
+// Mask of clamp's derivative: upstream strictly inside (lo, hi), else 0 (NaN gives 0), as
+// PyTorch's autograd of clamp.
 template <typename T>
-GLU_HD T pass_if_within(T x, T lo, T hi, T upstream) {
+GLU_HD T pass_if_inside(T x, T lo, T hi, T upstream) {
   using M = MathOps<T>;
-  return M::select_lt(x, lo, T(0), M::select_le(x, hi, upstream, T(0)));
+  return M::select_gt(x, lo, M::select_lt(x, hi, upstream, T(0)), T(0));
 }
 
 }  // namespace detail
@@ -114,9 +137,9 @@ template <typename T>
 struct Gated<Activation::Sigmoid, T> {
   GLU_HD static T forward(T g, T v, const ActParams<T>&) { return v * detail::sigmoid(g); }
   GLU_HD static void backward(T g, T v, T dy, const ActParams<T>&, T& dg, T& dv) {
-    const T s = detail::sigmoid(g);
-    dv = dy * s;
-    dg = (dy * v) * (s * (T(1) - s));
+    const detail::Sigmoid<T> sg(g);
+    dv = dy * sg.s;
+    dg = (dy * v) * sg.slope();
   }
 };
 
@@ -124,16 +147,17 @@ template <typename T>
 struct Gated<Activation::Silu, T> {
   GLU_HD static T forward(T g, T v, const ActParams<T>&) { return (g * detail::sigmoid(g)) * v; }
   GLU_HD static void backward(T g, T v, T dy, const ActParams<T>&, T& dg, T& dv) {
-    const T s = detail::sigmoid(g);
-    dv = dy * (g * s);
-    dg = (dy * v) * (s * (T(1) + g * (T(1) - s)));
+    const detail::Sigmoid<T> sg(g);
+    dv = dy * (g * sg.s);
+    dg = (dy * v) * (sg.s * (T(1) + g * sg.one_minus_s));
   }
 };
 
 template <typename T>
 struct Gated<Activation::Gelu, T> {
+  // Phi(g) = erfc(-g / sqrt 2) / 2: no cancellation of 1 + erf(.) for negative g.
   GLU_HD static T cdf(T g) {
-    return T(0.5) * (T(1) + MathOps<T>::erf(g * T(detail::kInvSqrt2)));
+    return T(0.5) * MathOps<T>::erfc(g * T(-detail::kInvSqrt2));
   }
   GLU_HD static T forward(T g, T v, const ActParams<T>&) { return (g * cdf(g)) * v; }
   GLU_HD static void backward(T g, T v, T dy, const ActParams<T>&, T& dg, T& dv) {
@@ -145,23 +169,27 @@ struct Gated<Activation::Gelu, T> {
   }
 };
 
+// 0.5 * (1 + tanh(u)) is evaluated as sigmoid(2u): the same function, without the
+// cancellation of 1 + tanh(u) where tanh(u) rounds to -1 (u < -8.3 in float32), which would
+// turn the small but non-zero results of negative gates into 0.
 template <typename T>
 struct Gated<Activation::GeluTanh, T> {
-  GLU_HD static T tanh_inner(T g) {
-    return MathOps<T>::tanh(T(detail::kSqrt2OverPi) * (g + T(detail::kGeluCubic) * g * g * g));
+  GLU_HD static T inner(T g) {
+    return T(detail::kSqrt2OverPi) * (g + T(detail::kGeluCubic) * g * g * g);
   }
   GLU_HD static T forward(T g, T v, const ActParams<T>&) {
-    return (T(0.5) * g * (T(1) + tanh_inner(g))) * v;
+    return (g * detail::sigmoid(T(2) * inner(g))) * v;
   }
   GLU_HD static void backward(T g, T v, T dy, const ActParams<T>&, T& dg, T& dv) {
     using M = MathOps<T>;
-    const T t = tanh_inner(g);
-    const T sech2 = T(1) - t * t;
+    const detail::Sigmoid<T> sg(T(2) * inner(g));
+    const T s = sg.s;                         // 0.5 * (1 + tanh(u))
+    const T half_sech2 = T(2) * sg.slope();   // 0.5 * (1 - tanh(u)^2)
     const T inner_slope = T(detail::kSqrt2OverPi) * (T(1) + T(3 * detail::kGeluCubic) * g * g);
-    // Once tanh saturates, sech2 is exactly 0 while inner_slope may be inf: 0 * inf is NaN.
-    const T tail = M::select_eq(sech2, T(0), T(0), T(0.5) * g * sech2 * inner_slope);
-    dv = dy * (T(0.5) * g * (T(1) + t));
-    dg = (dy * v) * (T(0.5) * (T(1) + t) + tail);
+    // Once the sigmoid saturates, half_sech2 is exactly 0 while inner_slope may be inf.
+    const T tail = M::select_eq(half_sech2, T(0), T(0), g * half_sech2 * inner_slope);
+    dv = dy * (g * s);
+    dg = (dy * v) * (s + tail);
   }
 };
 
@@ -186,10 +214,11 @@ struct Gated<Activation::ClampedSilu, T> {
     using M = MathOps<T>;
     const T gc = detail::clamp_max(g, p.limit);
     const T vc = detail::clamp(v, T(0) - p.limit, p.limit);
-    const T s = detail::sigmoid(p.alpha * gc);
-    dv = detail::pass_if_within(v, T(0) - p.limit, p.limit, dy * (gc * s));
-    const T dgc = (dy * (vc + T(1))) * (s + p.alpha * gc * s * (T(1) - s));
-    dg = M::select_le(g, p.limit, dgc, T(0));
+    const detail::Sigmoid<T> sg(p.alpha * gc);
+    dv = detail::pass_if_inside(v, T(0) - p.limit, p.limit, dy * (gc * sg.s));
+    // gc * slope before alpha: alpha * gc alone may overflow where slope is 0.
+    const T dgc = (dy * (vc + T(1))) * (sg.s + p.alpha * (gc * sg.slope()));
+    dg = M::select_lt(g, p.limit, dgc, T(0));
   }
 };
 

@@ -10,6 +10,8 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <cstdlib>
+#include <limits>
 #include <string_view>
 #include <tuple>
 
@@ -162,6 +164,16 @@ void run_on_device(const Tensor& like, const Call& call,
 #define GLU_KERNELS(name) name##_cpu
 #endif
 
+// With $GLU_FUSED_POISON_OUTPUTS set when the extension loads, every result is filled with
+// NaN before its kernel runs, so a test sees any element a kernel forgets to write.
+const bool kPoisonOutputs = std::getenv("GLU_FUSED_POISON_OUTPUTS") != nullptr;
+
+Tensor new_result(at::IntArrayRef shape, const Tensor& like) {
+  Tensor out = at::empty(shape, like.options());
+  if (kPoisonOutputs) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
 ActivationCall activation_call(const Tensor& x, Activation activation, double alpha,
                                double limit) {
   return {scalar_kind(x), activation, alpha, limit};
@@ -189,7 +201,7 @@ Tensor glu_forward(const Tensor& input, int64_t dim, std::string_view function,
   const auto op = activation_call(input, fn.activation, alpha, limit);
   dim = checked_dim(input, dim);
   Tensor x = input;
-  Tensor out = at::empty(halved_shape(x, dim), x.options());
+  Tensor out = new_result(halved_shape(x, dim), x);
   if (out.numel() == 0) return out;
   int64_t g, v;
   const PairLayout layout = split_layout(x, dim, interleaved, fn.gate_is_second, g, v);
@@ -212,7 +224,7 @@ Tensor glu_backward(const Tensor& grad_out, const Tensor& input, int64_t dim,
                         grad_out.device() == input.device(),
                     "glu_fused: grad_out must match the input's dtype and device");
   Tensor x = input;
-  Tensor grad_in = at::empty(x.sizes(), x.options());
+  Tensor grad_in = new_result(x.sizes(), x);
   if (grad_in.numel() == 0) return grad_in;
   const Tensor dy = grad_out.contiguous();
   int64_t g, v, dg, dv;
@@ -248,7 +260,7 @@ Tensor gated_forward(const Tensor& gate_in, const Tensor& value_in, std::string_
   const Activation act = gate_activation(activation);
   check_same(gate_in, value_in, "gate", "value");
   const auto op = activation_call(gate_in, act, 0.0, 0.0);
-  Tensor out = at::empty(gate_in.sizes(), gate_in.options());
+  Tensor out = new_result(gate_in.sizes(), gate_in);
   if (out.numel() == 0) return out;
   Tensor gate = gate_in, value = value_in;
   const PairLayout layout = gated_layout(gate, value);
@@ -264,8 +276,8 @@ std::tuple<Tensor, Tensor> gated_backward(const Tensor& grad_out, const Tensor& 
   check_same(gate_in, value_in, "gate", "value");
   check_same(grad_out, gate_in, "grad_out", "gate");
   const auto op = activation_call(gate_in, act, 0.0, 0.0);
-  Tensor grad_gate = at::empty(gate_in.sizes(), gate_in.options());
-  Tensor grad_value = at::empty(gate_in.sizes(), gate_in.options());
+  Tensor grad_gate = new_result(gate_in.sizes(), gate_in);
+  Tensor grad_value = new_result(gate_in.sizes(), gate_in);
   if (grad_gate.numel() == 0) return {grad_gate, grad_value};
   Tensor gate = gate_in, value = value_in;
   const PairLayout layout = gated_layout(gate, value);

@@ -15,8 +15,8 @@ The backward ops recompute the activation from the saved inputs: autograd saves 
 inputs. Second-order gradients run through the differentiable reference (reference.py).
 
 Forward-mode AD: custom ops cannot carry a jvp rule, so eager calls go through
-`FusedFunction`, an autograd.Function with a jvp (through the reference) and a generated
-vmap rule; under torch.compile, which does not trace custom jvps, the op is called directly.
+`FusedFunction`, an autograd.Function with a jvp (from the backward op's slopes) and a
+generated vmap rule; under torch.compile, which does not trace custom jvps, the op is called directly.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ class OpFamily:
     reference: Callable[..., torch.Tensor]
     n_tensors: int
     dim_arg: int | None
+    # The output's tangent from d(out)/d(input) per input element (the backward op's result
+    # for a unit upstream gradient) and the inputs' tangents.
+    tangent: Callable[..., torch.Tensor]
 
     def backward_tuple(self, grad: torch.Tensor, tensors, args) -> tuple[torch.Tensor, ...]:
         """Input gradients by the fused backward op (first order)."""
@@ -78,12 +81,23 @@ class OpFamily:
         return self.backward_tuple(grad.contiguous(), tensors, args)
 
 
+def _packed_tangent(slopes, tangents, args):
+    dim, _, interleaved = args[:3]
+    first, second = reference.split(slopes[0] * tangents[0], dim, interleaved)
+    return first + second
+
+
+def _gated_tangent(slopes, tangents, args):
+    return slopes[0] * tangents[0] + slopes[1] * tangents[1]
+
+
 PACKED = OpFamily(
     forward=torch.ops.glu_fused.glu_forward.default,
     backward=torch.ops.glu_fused.glu_backward.default,
     reference=reference.packed,
     n_tensors=1,
     dim_arg=0,
+    tangent=_packed_tangent,
 )
 GATED = OpFamily(
     forward=torch.ops.glu_fused.gated_forward.default,
@@ -91,6 +105,7 @@ GATED = OpFamily(
     reference=reference.gated_unchecked,
     n_tensors=2,
     dim_arg=None,
+    tangent=_gated_tangent,
 )
 
 
@@ -195,6 +210,7 @@ class FusedFunction(torch.autograd.Function):
         family, *rest = inputs
         ctx.family = family
         ctx.args = tuple(rest[family.n_tensors :])
+        ctx.out_shape = output.shape
         tensors = rest[: family.n_tensors]
         ctx.save_for_backward(*tensors)
         ctx.save_for_forward(*tensors)
@@ -206,14 +222,15 @@ class FusedFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _family_tangent, *tangents):
+        # Each output element depends on one pair of inputs, so its tangent is the sum over
+        # the pair of slope * tangent, the slopes being the backward for a unit gradient.
         family = ctx.family
         tensors = ctx.saved_tensors
         tangents = [torch.zeros_like(p) if t is None else t
                     for p, t in zip(tensors, tangents[: family.n_tensors])]
-        _, out_tangent = torch.func.jvp(
-            lambda *ts: family.reference(*ts, *ctx.args), tuple(tensors), tuple(tangents)
-        )
-        return out_tangent
+        ones = tensors[0].new_ones(ctx.out_shape)
+        slopes = family.backward_tuple(ones, tensors, ctx.args)
+        return family.tangent(slopes, tangents, ctx.args)
 
 
 def apply(family: OpFamily, *inputs) -> torch.Tensor:

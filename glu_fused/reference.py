@@ -9,6 +9,8 @@ and under vmap.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -33,31 +35,74 @@ def split(x: torch.Tensor, dim: int, interleaved: bool) -> tuple[torch.Tensor, t
     return x.chunk(2, dim)
 
 
+# Stable forms. torch.sigmoid's gradient s * (1 - s) loses all relative accuracy for large
+# x (1 - s cancels), and F.gelu's 1 + erf(x / sqrt 2) for negative x, even in float64. The
+# reference must be more accurate than what it checks, so it is written in forms that keep
+# full relative accuracy, values and gradients, over the whole range.
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """1 / (1 + e) for x >= 0 and e / (1 + e) below, e = exp(-|x|): exp never overflows and
+    the gradient e / (1 + e)^2 comes out without cancellation on both sides."""
+    nonneg = x >= 0
+    e = torch.exp(-torch.where(nonneg, x, -x))
+    p = 1 / (1 + e)
+    return torch.where(nonneg, p, e * p)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2: F.gelu(x) without its cancellation."""
+    return 0.5 * x * torch.special.erfc(-x / math.sqrt(2))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """F.gelu(x, approximate="tanh") as x * sigmoid(2u), u = sqrt(2/pi)(x + 0.044715x^3).
+
+    0.5 * (1 + tanh(u)) = sigmoid(2u): the same function without the cancellation of
+    1 + tanh(u). The cubic is taken of x clamped to +-1e4, where the sigmoid is saturated
+    anyway, so that neither it nor its derivative can overflow.
+    """
+    xc = x.clamp(-1e4, 1e4)
+    u = math.sqrt(2 / math.pi) * (x + 0.044715 * xc * xc * xc)
+    return x * sigmoid(2 * u)
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x)
+
+
 def activate(gate: torch.Tensor, activation: str) -> torch.Tensor:
     """act(gate) for the activations of `gated`."""
     if activation == "sigmoid":
-        return torch.sigmoid(gate)
+        return sigmoid(gate)
     if activation == "silu":
-        return F.silu(gate)
+        return gate * sigmoid(gate)
     if activation == "gelu":
-        return F.gelu(gate)
+        return gelu(gate)
     if activation == "gelu_tanh":
-        return F.gelu(gate, approximate="tanh")
+        return gelu_tanh(gate)
     if activation == "relu":
-        return F.relu(gate)
+        return relu(gate)
     _checks.check_activation(activation)
     raise AssertionError("unreachable")
+
+
+def _clamp(x: torch.Tensor, lo: float | None, hi: float) -> torch.Tensor:
+    """x.clamp(lo, hi), with its gradient fixed as 1 strictly inside (lo, hi) and 0 elsewhere,
+    bounds included (as torch 2.14's clamp; some releases pass it at the bounds). NaN stays."""
+    x = torch.where(x >= hi, hi, x)
+    return x if lo is None else torch.where(x <= lo, lo, x)
 
 
 def _packed_math(
     x1: torch.Tensor, x2: torch.Tensor, function: str, alpha: float, limit: float
 ) -> torch.Tensor:
     if function == "glu":
-        return x1 * torch.sigmoid(x2)
+        return x1 * sigmoid(x2)
     if function == "clamped_swiglu":
-        g = x1.clamp(max=limit)
-        v = x2.clamp(-limit, limit)
-        return g * torch.sigmoid(alpha * g) * (v + 1)
+        g = _clamp(x1, None, limit)
+        v = _clamp(x2, -limit, limit)
+        return g * sigmoid(alpha * g) * (v + 1)
     gate_activation = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh",
                        "reglu": "relu"}[function]
     return activate(x1, gate_activation) * x2

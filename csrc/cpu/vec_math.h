@@ -13,16 +13,14 @@ template <typename scalar_t>
 struct VecMathOps {
   using V = at::vec::Vectorized<scalar_t>;
   static V exp(const V& x) { return x.exp(); }
-  static V erf(const V& x) { return x.erf(); }
+  static V abs(const V& x) { return x.abs(); }
+  static V erfc(const V& x) { return x.erfc(); }
   static V tanh(const V& x) { return x.tanh(); }
   static V select_lt(const V& a, const V& b, const V& x, const V& y) {
     return V::blendv(y, x, a < b);
   }
   static V select_gt(const V& a, const V& b, const V& x, const V& y) {
     return V::blendv(y, x, a > b);
-  }
-  static V select_le(const V& a, const V& b, const V& x, const V& y) {
-    return V::blendv(y, x, a <= b);
   }
   static V select_eq(const V& a, const V& b, const V& x, const V& y) {
     return V::blendv(y, x, a == b);

@@ -1,0 +1,87 @@
+"""Backend selection: what is available, "auto", use_backend and $GLU_FUSED_BACKEND."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import glu_fused
+from glu_fused import backends
+
+
+def test_available_backends_lists_what_runs():
+    available = glu_fused.available_backends()
+    assert "reference" in available
+    status = glu_fused.backend_status()
+    assert set(status) == {"cuda", "triton", "cpu", "reference"}
+    for name, reason in status.items():
+        assert (name in available) == (reason == "available"), (name, reason)
+
+
+def test_cpu_backend_is_built_here():
+    """The CPU kernels are always built: `make test` must not pass on the reference alone."""
+    assert glu_fused.backend_status()["cpu"] == "available"
+
+
+def test_auto_prefers_compiled_kernels_on_cpu():
+    chosen = backends.select(torch.device("cpu")).name
+    assert chosen == ("cpu" if "cpu" in glu_fused.available_backends() else "reference")
+
+
+def test_use_backend_forces_and_restores():
+    x = torch.randn(4, 8)
+    before = glu_fused.current_backend()
+    with glu_fused.use_backend("reference"):
+        assert glu_fused.current_backend() == "reference"
+        assert backends.select(x.device).name == "reference"
+        with glu_fused.use_backend("auto"):
+            assert glu_fused.current_backend() == "auto"
+        assert glu_fused.current_backend() == "reference"
+    assert glu_fused.current_backend() == before
+
+
+def test_use_backend_restores_after_an_error():
+    with pytest.raises(ZeroDivisionError):
+        with glu_fused.use_backend("reference"):
+            1 / 0  # noqa: B018
+    assert glu_fused.current_backend() == "auto"
+
+
+def test_reference_backend_runs_the_reference():
+    x = torch.randn(4, 8)
+    with glu_fused.use_backend("reference"):
+        assert torch.equal(glu_fused.swiglu(x), glu_fused.reference.swiglu(x))
+
+
+def test_meta_tensors_give_shapes():
+    out = glu_fused.swiglu(torch.empty(3, 10, device="meta"), 1)
+    assert out.shape == (3, 5) and out.device.type == "meta"
+
+
+def test_cuda_tensors_without_gpu_are_refused_by_cpu_backend():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with glu_fused.use_backend("cuda"), pytest.raises(RuntimeError, match="cannot run"):
+        glu_fused.swiglu(torch.randn(2, 4))
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_environment_variable_sets_the_default():
+    done = _run("import glu_fused; print(glu_fused.current_backend())",
+                GLU_FUSED_BACKEND="reference")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "reference"
+
+
+def test_environment_variable_is_checked():
+    done = _run("import glu_fused", GLU_FUSED_BACKEND="fastest")
+    assert done.returncode != 0
+    assert "unknown backend 'fastest'" in done.stderr and "GLU_FUSED_BACKEND" in done.stderr

@@ -1,0 +1,88 @@
+"""The build's decisions (build_config.py) and what the built extension says of itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import build_config  # noqa: E402
+
+from glu_fused.backends import extension  # noqa: E402
+
+
+def test_cuda_is_built_when_nvcc_and_cuda_torch_and_kernels_are_there():
+    ok, why = build_config.cuda_decision("13.0", "/usr/local/cuda", ["k.cu"], environ={})
+    assert ok, why
+
+
+@pytest.mark.parametrize(
+    ("torch_cuda", "home", "kernels", "reason"),
+    [
+        (None, "/usr/local/cuda", ["k.cu"], "CPU-only"),
+        ("13.0", None, ["k.cu"], "nvcc"),
+        ("13.0", "/usr/local/cuda", [], "no kernels"),
+    ],
+)
+def test_cuda_is_skipped_with_a_reason(torch_cuda, home, kernels, reason):
+    ok, why = build_config.cuda_decision(torch_cuda, home, kernels, environ={})
+    assert not ok and reason in why
+    with pytest.raises(RuntimeError, match=reason):
+        build_config.cuda_decision(torch_cuda, home, kernels, environ={"GLU_FUSED_CUDA": "1"})
+
+
+def test_cuda_switch_off():
+    ok, why = build_config.cuda_decision("13.0", "/x", ["k.cu"], environ={"GLU_FUSED_CUDA": "0"})
+    assert not ok and "GLU_FUSED_CUDA=0" in why
+
+
+def test_cpu_capability_follows_torch_or_the_environment():
+    assert build_config.cpu_capability("AVX2", environ={}) in ("avx2", "default")
+    assert build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "default"}) == "default"
+    assert build_config.cpu_capability("NO AVX", environ={}) == "default"
+    with pytest.raises(ValueError, match="GLU_FUSED_CPU_CAPABILITY"):
+        build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "sse9"})
+
+
+def test_cuda_home_skips_the_nvcc_wrapper(tmp_path):
+    home = tmp_path / "cuda"
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "nvcc").write_text("")
+    assert build_config.find_cuda_home({"CUDA_HOME": str(home)}) == str(home)
+
+
+def test_extension_is_built_and_loaded():
+    spec = importlib.util.find_spec("glu_fused._C")
+    assert spec is not None, "glu_fused._C was not built"
+    assert extension.built_cpu_capability() in build_config.CPU_CAPABILITIES
+
+
+def test_extension_cpu_kernels_use_this_machines_simd():
+    """A build on this machine compiles for the SIMD level torch runs here (or as asked)."""
+    asked = os.environ.get("GLU_FUSED_CPU_CAPABILITY")
+    expected = asked or build_config.cpu_capability(torch.backends.cpu.get_cpu_capability(), {})
+    assert extension.built_cpu_capability() == expected
+
+
+def test_cuda_kernels_are_built_wherever_they_can_be():
+    """With kernels in csrc/cuda, nvcc and a CUDA torch, a build without them is broken."""
+    can, why = build_config.cuda_decision(
+        torch.version.cuda, build_config.find_cuda_home(), build_config.cuda_sources(), environ={})
+    from glu_fused import _C
+
+    if not can:
+        assert not _C.WITH_CUDA
+        pytest.skip(f"the CUDA kernels cannot be built here: {why}")
+    assert _C.WITH_CUDA, "nvcc and a CUDA torch are present but the CUDA kernels were not built"
+
+
+def test_nvcc_is_found_where_installed():
+    if shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"):
+        pytest.skip("no nvcc on this machine")
+    assert build_config.find_cuda_home() is not None

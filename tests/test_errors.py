@@ -1,0 +1,117 @@
+"""Bad input raises the named error, with a message naming the problem, before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import backend_params, device_of
+
+import glu_fused
+
+PACKED = ["glu", "swiglu", "geglu", "reglu", "clamped_swiglu"]
+
+
+@pytest.fixture(params=backend_params())
+def backend(request):
+    with glu_fused.use_backend(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("name", PACKED)
+def test_odd_size_along_dim(backend, name):
+    with pytest.raises(ValueError, match="must be even"):
+        getattr(glu_fused, name)(torch.randn(4, 7, device=device_of(backend)))
+
+
+@pytest.mark.parametrize("dim", [2, -3, 5])
+@pytest.mark.parametrize("name", PACKED)
+def test_dim_out_of_range(backend, name, dim):
+    with pytest.raises(ValueError, match="out of range"):
+        getattr(glu_fused, name)(torch.randn(4, 8, device=device_of(backend)), dim)
+
+
+def test_zero_dimensional_input(backend):
+    with pytest.raises(ValueError, match="0-dimensional"):
+        glu_fused.swiglu(torch.tensor(1.0, device=device_of(backend)))
+
+
+@pytest.mark.parametrize("name", PACKED)
+def test_unknown_layout(backend, name):
+    with pytest.raises(ValueError, match="unknown layout 'pairs'"):
+        getattr(glu_fused, name)(torch.randn(4, 8, device=device_of(backend)), layout="pairs")
+
+
+def test_unknown_approximate(backend):
+    with pytest.raises(ValueError, match="unknown approximate 'fast'"):
+        glu_fused.geglu(torch.randn(4, 8, device=device_of(backend)), approximate="fast")
+
+
+def test_unknown_activation(backend):
+    t = torch.randn(3, 4, device=device_of(backend))
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        glu_fused.gated(t, t, "swish")
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        (lambda d: torch.randn(3, 5, device=d), "shape"),
+        (lambda d: torch.randn(3, 4, device=d, dtype=torch.float64), "dtype"),
+        (lambda d: torch.randn(3, 4, device="meta"), "device"),
+    ],
+    ids=["shape", "dtype", "device"],
+)
+def test_gate_and_value_must_agree(backend, value, what):
+    gate = torch.randn(3, 4, device=device_of(backend))
+    with pytest.raises(ValueError, match=f"same {what}"):
+        glu_fused.gated(gate, value(device_of(backend)), "silu")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.complex64])
+@pytest.mark.parametrize("name", PACKED)
+def test_non_floating_dtype(backend, name, dtype):
+    x = torch.ones(4, 8, dtype=dtype, device=device_of(backend))
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+        getattr(glu_fused, name)(x)
+
+
+def test_non_floating_gated(backend):
+    t = torch.ones(3, 4, dtype=torch.int64, device=device_of(backend))
+    with pytest.raises(TypeError, match="gate must be"):
+        glu_fused.gated(t, t)
+
+
+@pytest.mark.parametrize("backend_name", backend_params(("cpu",)))
+def test_ops_called_directly_check_their_arguments(backend_name):
+    """The compiled ops raise the same errors for callers that bypass the Python API."""
+    ops = torch.ops.glu_fused
+    x = torch.randn(4, 7)
+    with pytest.raises(ValueError, match="must be even"):
+        ops.glu_forward(x, 1, "swiglu", False, 1.702, 7.0)
+    with pytest.raises(ValueError, match="out of range"):
+        ops.glu_forward(torch.randn(4, 8), 2, "swiglu", False, 1.702, 7.0)
+    with pytest.raises(ValueError, match="unknown function"):
+        ops.glu_forward(torch.randn(4, 8), 1, "swish", False, 1.702, 7.0)
+    with pytest.raises(TypeError, match="float16, bfloat16"):
+        ops.glu_forward(torch.ones(4, 8, dtype=torch.int32), 1, "swiglu", False, 1.702, 7.0)
+    with pytest.raises(ValueError, match="same shape"):
+        ops.gated_forward(torch.randn(2, 3), torch.randn(3, 2), "silu")
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        ops.glu_backward(torch.randn(4, 3), torch.randn(4, 8), 1, "swiglu", False, 1.702, 7.0)
+
+
+def test_forced_backend_that_cannot_run_says_why():
+    x = torch.randn(4, 8)
+    for name, reason in glu_fused.backend_status().items():
+        if reason != "available":
+            with glu_fused.use_backend(name), pytest.raises(RuntimeError, match="cannot run"):
+                glu_fused.swiglu(x)
+    if glu_fused.backend_status()["cpu"] == "available":
+        with glu_fused.use_backend("cpu"), pytest.raises(RuntimeError, match="runs cpu tensors"):
+            glu_fused.swiglu(torch.randn(4, 8, device="meta"))
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        with glu_fused.use_backend("fast"):
+            pass

@@ -1,0 +1,130 @@
+"""Every backend against the float64 reference: forward and backward, every function,
+layout and dtype, over shapes and views that take each path of the kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    ACTIVATIONS, DTYPES, FUNCTION_IDS, FUNCTIONS, LAYOUTS, assert_matches, backend_params,
+    device_of, fused, random_input, ref,
+)
+
+import glu_fused
+from glu_fused import reference
+
+
+def _sliced(shape, dtype, device, lead, trail):
+    """A view of `shape` whose rows start `lead` elements into wider rows (row stride and
+    start not 16-byte aligned)."""
+    *outer, last = shape
+    base = random_input((*outer, lead + last + trail), dtype, device)
+    return base[..., lead : lead + last]
+
+
+def _offset_by_one(shape, dtype, device):
+    n = 1
+    for s in shape:
+        n *= s
+    return random_input((n + 1,), dtype, device)[1:].view(shape)
+
+
+# name -> (make(dtype, device) -> x, dim). Sizes along the split are chosen so that runs
+# have vector blocks and ragged tails.
+CASES = {
+    "1d": (lambda dt, dev: random_input((2 * 37,), dt, dev), 0),
+    "2d": (lambda dt, dev: random_input((7, 2 * 50), dt, dev), -1),
+    "3d-middle-dim": (lambda dt, dev: random_input((3, 2 * 5, 7), dt, dev), 1),
+    "4d-first-dim": (lambda dt, dev: random_input((2 * 3, 2, 3, 5), dt, dev), 0),
+    "4d-negative-dim": (lambda dt, dev: random_input((2, 2 * 6, 3, 4), dt, dev), -3),
+    "tiny": (lambda dt, dev: random_input((1, 2), dt, dev), -1),
+    "long-rows": (lambda dt, dev: random_input((2, 2 * 1037), dt, dev), -1),
+    "odd-half": (lambda dt, dev: random_input((3, 2 * 9), dt, dev), -1),
+    "row-strided": (lambda dt, dev: _sliced((6, 2 * 40), dt, dev, 3, 5), -1),
+    "misaligned": (lambda dt, dev: _offset_by_one((5, 2 * 33), dt, dev), -1),
+    "misaligned-middle-dim": (lambda dt, dev: _offset_by_one((3, 2 * 4, 9), dt, dev), 1),
+    "transposed": (lambda dt, dev: random_input((2 * 20, 6), dt, dev).t(), -1),
+    "outer-not-collapsible": (
+        lambda dt, dev: random_input((4, 5, 2 * 8), dt, dev).transpose(0, 1), -1),
+    "expanded-rows": (lambda dt, dev: random_input((1, 2 * 24), dt, dev).expand(4, 48), -1),
+    "expanded-inner": (lambda dt, dev: random_input((2 * 4, 1), dt, dev).expand(8, 6), 0),
+    "empty-rows": (lambda dt, dev: random_input((0, 2 * 8), dt, dev), -1),
+    "empty-split": (lambda dt, dev: random_input((4, 0), dt, dev), -1),
+}
+
+
+def _call(fn, x, dim, layout, kwargs):
+    return fused(fn)(x, dim, layout=layout, **kwargs)
+
+
+def _reference64(fn, x, dim, layout, kwargs):
+    return ref(fn)(x.double(), dim, layout=layout, **kwargs)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("fn", "kwargs"), FUNCTIONS, ids=FUNCTION_IDS)
+@pytest.mark.parametrize("backend", backend_params())
+def test_forward_and_backward_match_reference(backend, fn, kwargs, layout, dtype, case):
+    make, dim = CASES[case]
+    x = make(dtype, device_of(backend)).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    with glu_fused.use_backend(backend):
+        out = _call(fn, x, dim, layout, kwargs)
+    expected = _reference64(fn, x64, dim, layout, kwargs)
+    assert out.is_contiguous()
+    assert out.device == x.device
+    assert_matches(out, expected, dtype, f"{fn} forward")
+
+    grad_out = random_input(out.shape, dtype, x.device, scale=1.0)
+    with glu_fused.use_backend(backend):
+        (grad,) = torch.autograd.grad(out, x, grad_out)
+    (grad64,) = torch.autograd.grad(expected, x64, grad_out.double())
+    assert grad.shape == x.shape
+    assert_matches(grad, grad64, dtype, f"{fn} backward")
+
+
+GATED_CASES = {
+    "2d": lambda dt, dev: (random_input((7, 33), dt, dev), random_input((7, 33), dt, dev)),
+    "3d": lambda dt, dev: (random_input((2, 3, 40), dt, dev), random_input((2, 3, 40), dt, dev)),
+    "0d": lambda dt, dev: (random_input((), dt, dev), random_input((), dt, dev)),
+    "halves-of-one-projection": lambda dt, dev: random_input((5, 2 * 40), dt, dev).chunk(2, -1),
+    "expanded-value": lambda dt, dev: (
+        random_input((6, 19), dt, dev), random_input((1, 19), dt, dev).expand(6, 19)),
+    "different-strides": lambda dt, dev: (
+        random_input((9, 12), dt, dev), random_input((12, 9), dt, dev).t()),
+    "misaligned": lambda dt, dev: (
+        _offset_by_one((4, 21), dt, dev), _offset_by_one((4, 21), dt, dev)),
+    "empty": lambda dt, dev: (random_input((0, 5), dt, dev), random_input((0, 5), dt, dev)),
+}
+
+
+@pytest.mark.parametrize("case", list(GATED_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("backend", backend_params())
+def test_gated_matches_reference(backend, activation, dtype, case):
+    gate, value = GATED_CASES[case](dtype, device_of(backend))
+    gate, value = gate.requires_grad_(), value.requires_grad_()
+    g64, v64 = (t.detach().double().requires_grad_() for t in (gate, value))
+    with glu_fused.use_backend(backend):
+        out = glu_fused.gated(gate, value, activation)
+    expected = reference.gated(g64, v64, activation)
+    assert out.is_contiguous()
+    assert_matches(out, expected, dtype, f"gated {activation} forward")
+
+    grad_out = random_input(out.shape, dtype, gate.device, scale=1.0)
+    with glu_fused.use_backend(backend):
+        grads = torch.autograd.grad(out, (gate, value), grad_out)
+    grads64 = torch.autograd.grad(expected, (g64, v64), grad_out.double())
+    for got, want, name in zip(grads, grads64, ("gate", "value")):
+        assert_matches(got, want, dtype, f"gated {activation} grad {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_reference_rounds_once_from_float32(dtype):
+    """The reference's low-precision result is its float32 result rounded once."""
+    x = random_input((4, 64), dtype)
+    expected = reference.swiglu(x.float()).to(dtype)
+    assert torch.equal(reference.swiglu(x), expected)
