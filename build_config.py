@@ -26,8 +26,15 @@ CPU_CAPABILITIES = ("default", "avx2", "avx512")
 _CPU_FLAGS = {
     "default": [],
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"],
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-               "-DCPU_CAPABILITY_AVX512"],
+    "avx512": [
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mfma",
+        "-mf16c",
+        "-DCPU_CAPABILITY_AVX512",
+    ],
 }
 # Architectures built when $TORCH_CUDA_ARCH_LIST is unset: Ampere, Ada, Hopper (+PTX).
 DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
@@ -72,6 +79,7 @@ class BuildPlan:
     sources: list[str] = field(default_factory=list)
     cxx_flags: list[str] = field(default_factory=list)
     nvcc_flags: list[str] = field(default_factory=list)
+    link_flags: list[str] = field(default_factory=lambda: ["-fopenmp"])
 
 
 def cuda_sources() -> list[str]:
@@ -106,7 +114,8 @@ def plan(torch_cuda_version: str | None, torch_capability: str, environ=os.envir
     capability = cpu_capability(torch_capability, environ)
     sources = [os.path.join(CSRC, "glu_ops.cpp"), os.path.join(CSRC, "cpu", "glu_cpu.cpp")]
     defines = [f'-DGLU_FUSED_CPU_CAPABILITY="{capability}"']
-    cxx = ["-O3", "-fno-math-errno", *defines, *_CPU_FLAGS[capability]]
+    # -fopenmp: at::parallel_for is inline, and runs serially where OpenMP is off.
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp", *defines, *_CPU_FLAGS[capability]]
     nvcc = []
     if with_cuda:
         sources += kernels

@@ -36,6 +36,7 @@ setup(
             sources=[os.path.relpath(s) for s in plan.sources],
             include_dirs=[build_config.CSRC],
             extra_compile_args=compile_args,
+            extra_link_args=plan.link_flags,
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -20,8 +20,11 @@ How: the input is ``randn`` of shape ``[tokens, 2 * 4096]`` with ``tokens`` chos
 input tensor takes the requested MiB. Before any timing, every contender's output (and, for the
 backward, its input gradient) is checked against ours with ``torch.testing.assert_close``
 (rtol = atol = 2e-2), and a contender that disagrees is left out of the comparison, so a wrong
-peer cannot win. Each timing is ``time.perf_counter`` around one call, after 3 warm-up calls;
-the reported figure is the median of the timed calls. torch runs its default thread count.
+peer cannot win. Each timing is ``time.perf_counter`` around one call. The contenders are timed
+in interleaved rounds (every contender once per round; 3 warm-up rounds, then the timed ones) so
+that load from other processes falls on all of them alike; the reported figure is the median.
+torch runs its default thread count. ``others %`` is how busy other processes kept the cores
+meanwhile (from /proc/stat): rows with a high figure are suspect.
 
 Each row reports the medians in ms, ours' effective bandwidth (bytes moved = every input element
 read once plus every output element written once, per the SPEC) and the ratios
@@ -116,6 +119,7 @@ class Measurement:
     best_peer: str | None = None
     ratio_vs_f_glu: float | None = None
     ratio_vs_compile: float | None = None
+    other_cpu_load: float | None = None
 
     def compute_ratios(self, bytes_moved: int) -> None:
         """Fills the bandwidth and ratio fields from the medians of the valid contenders."""
@@ -155,16 +159,76 @@ def make_contenders(function: str) -> dict[str, Fn]:
     return contenders
 
 
-def median_ms(call: Callable[[], object], warmup: int, runs: int) -> tuple[float, list[float]]:
-    """The median wall time of `call` in ms over `runs` timed calls after `warmup` calls."""
+class OtherCpuLoad:
+    """How busy other processes kept the machine during a `with` block, as a fraction of all
+    its cores (0.0 to 1.0), from /proc/stat less this process's own CPU time. The machine may
+    be shared: a busy neighbour slows multi-threaded contenders more than single-threaded ones.
+    """
+
+    def __init__(self) -> None:
+        self.fraction: float | None = None
+
+    @staticmethod
+    def _busy_s() -> float | None:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_s() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    def __enter__(self) -> OtherCpuLoad:
+        self._start = (time.perf_counter(), self._busy_s(), self._own_s())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall0, busy0, own0 = self._start
+        busy1 = self._busy_s()
+        if busy0 is None or busy1 is None:
+            return
+        wall = time.perf_counter() - wall0
+        others = (busy1 - busy0) - (self._own_s() - own0)
+        self.fraction = min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1))))
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], warmup: int, runs: int
+) -> dict[str, list[float]]:
+    """Wall times in ms of each call: `warmup` untimed rounds, then `runs` timed rounds.
+
+    Each round calls every contender once, so a burst of load from elsewhere falls on all of
+    them rather than on whichever was being timed at the moment.
+    """
     for _ in range(warmup):
-        call()
-    samples = []
+        for call in calls.values():
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples), samples
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def record_timings(
+    result: Measurement,
+    calls: dict[str, Callable[[], object]],
+    warmup: int,
+    runs: int,
+    bytes_moved: int,
+) -> None:
+    """Times `calls` into `result` (samples, medians, other processes' load, ratios)."""
+    with OtherCpuLoad() as load:
+        result.samples_ms = time_interleaved(calls, warmup, runs)
+    result.other_cpu_load = load.fraction
+    result.median_ms = {name: statistics.median(s) for name, s in result.samples_ms.items()}
+    result.compute_ratios(bytes_moved)
 
 
 def mismatch(actual: torch.Tensor, expected: torch.Tensor) -> str | None:
@@ -181,29 +245,33 @@ def measure_forward(
 ) -> Measurement:
     """Checks each contender's forward output against ours, then times the valid ones."""
     result = Measurement(case.function, case.dtype, case.size_mib, case.shape, "forward", runs)
+    calls: dict[str, Callable[[], object]] = {}
     with torch.no_grad():
         expected = contenders[OURS](x)
         for name, fn in contenders.items():
-            why = mismatch(fn(x), expected)  # also compiles `compile` for this shape
-            if why is not None:
+            why = mismatch(fn(x), expected)  # the first call also compiles `compile`
+            if why is None:
+                calls[name] = lambda fn=fn: fn(x)
+            else:
                 result.mismatched[name] = why
-                continue
-            result.median_ms[name], result.samples_ms[name] = median_ms(
-                lambda fn=fn: fn(x), warmup, runs
-            )
-    result.compute_ratios(case.bytes_moved("forward"))
+        del expected
+        record_timings(result, calls, warmup, runs, case.bytes_moved("forward"))
     return result
 
 
 def measure_backward(
     case: Case, contenders: dict[str, Fn], x: torch.Tensor, warmup: int, runs: int
 ) -> Measurement:
-    """Per contender: one forward with grad, check its output and input gradient against
-    ours, then time the backward pass alone (the graph is kept with retain_graph=True)."""
+    """Per contender: one forward with grad, its output and input gradient checked against
+    ours; then the backward passes alone are timed, the graphs kept with retain_graph=True."""
     result = Measurement(case.function, case.dtype, case.size_mib, case.shape, "backward", runs)
     generator = torch.Generator().manual_seed(1)
-    out_shape = (case.shape[0], HIDDEN)
-    grad_out = torch.randn(out_shape, dtype=x.dtype, generator=generator)
+    grad_out = torch.randn((case.shape[0], HIDDEN), dtype=x.dtype, generator=generator)
+
+    def backward_call(out: torch.Tensor, x_grad: torch.Tensor) -> Callable[[], object]:
+        return lambda: torch.autograd.grad(out, x_grad, grad_out, retain_graph=True)
+
+    calls: dict[str, Callable[[], object]] = {}
     expected_out = expected_grad = None
     for name, fn in contenders.items():
         x_grad = x.detach().requires_grad_()
@@ -212,19 +280,12 @@ def measure_backward(
         if name == OURS:
             expected_out, expected_grad = out.detach(), grad
         why = mismatch(out.detach(), expected_out) or mismatch(grad, expected_grad)
-        del grad
-        if why is not None:
+        if why is None:
+            calls[name] = backward_call(out, x_grad)
+        else:
             result.mismatched[name] = why
-            continue
-        result.median_ms[name], result.samples_ms[name] = median_ms(
-            lambda out=out, x_grad=x_grad: torch.autograd.grad(
-                out, x_grad, grad_out, retain_graph=True
-            ),
-            warmup,
-            runs,
-        )
-        del out, x_grad
-    result.compute_ratios(case.bytes_moved("backward"))
+    del expected_out, expected_grad, grad
+    record_timings(result, calls, warmup, runs, case.bytes_moved("backward"))
     return result
 
 
@@ -308,6 +369,7 @@ HEADER = (
     "ours/best",
     "ours/F.glu",
     "ours/compile",
+    "others %",
 )
 
 
@@ -328,6 +390,7 @@ def table_rows(measurements: list[Measurement]) -> list[tuple[str, ...]]:
                 _ratio(m.ratio_vs_best_peer),
                 _ratio(m.ratio_vs_f_glu),
                 _ratio(m.ratio_vs_compile),
+                "-" if m.other_cpu_load is None else f"{100 * m.other_cpu_load:.0f}",
             )
         )
     return rows
@@ -361,8 +424,9 @@ def format_markdown(measurements: list[Measurement], env: dict[str, object]) -> 
         f"{env['kernels_built_for']}), {env['threads']} threads; load average at start "
         f"{env['load_average_at_start']}, at end {env['load_average_at_end']}",
         f"- git: {git['commit']}" + (" (with uncommitted changes)" if git["dirty"] else ""),
-        "- median of the timed runs after 3 warm-up runs; ratio = ours / peer, "
-        "<= 1.0 means ours is at least as fast (`!` marks > 1.0)",
+        "- median of the timed rounds after 3 warm-up rounds, contenders interleaved; "
+        "ratio = ours / peer, <= 1.0 means ours is at least as fast (`!` marks > 1.0); "
+        "others % = share of the cores that other processes used meanwhile",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join("---" if i < 4 else "---:" for i in range(len(HEADER))) + "|",

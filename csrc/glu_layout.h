@@ -33,7 +33,7 @@ struct PairLayout {
 #if defined(__CUDACC__) || defined(__HIPCC__)
   __host__ __device__
 #endif
-  int64_t run_offset(int64_t r) const {
+      int64_t run_offset(int64_t r) const {
     return (r / runs_per_outer) * outer_stride + (r % runs_per_outer) * run_stride;
   }
 

@@ -52,13 +52,19 @@ Activation gate_activation(std::string_view name) {
 
 ScalarKind scalar_kind(const Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kHalf: return ScalarKind::Half;
-    case at::kBFloat16: return ScalarKind::BFloat16;
-    case at::kFloat: return ScalarKind::Float;
-    case at::kDouble: return ScalarKind::Double;
+    case at::kHalf:
+      return ScalarKind::Half;
+    case at::kBFloat16:
+      return ScalarKind::BFloat16;
+    case at::kFloat:
+      return ScalarKind::Float;
+    case at::kDouble:
+      return ScalarKind::Double;
     default:
-      TORCH_CHECK_TYPE(false, "glu_fused: expected a float16, bfloat16, float32 or float64 "
-                              "tensor, got ", t.scalar_type());
+      TORCH_CHECK_TYPE(false,
+                       "glu_fused: expected a float16, bfloat16, float32 or float64 "
+                       "tensor, got ",
+                       t.scalar_type());
   }
 }
 
@@ -140,29 +146,34 @@ bool rows_layout(const Tensor& t, PairLayout& layout) {
   return true;
 }
 
-template <typename Call>
-void run_on_device(const Tensor& like, const Call& call,
-                   void (*cpu)(const Call&)
-#ifdef GLU_FUSED_WITH_CUDA
-                   ,
-                   void (*cuda)(const Call&, void*)
-#endif
-) {
-  if (like.is_cpu()) return cpu(call);
-#ifdef GLU_FUSED_WITH_CUDA
-  if (like.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(like.device());
-    return cuda(call, c10::cuda::getCurrentCUDAStream().stream());
-  }
-#endif
+[[noreturn]] void no_kernels_for(const Tensor& like) {
   TORCH_CHECK(false, "glu_fused: no kernels for device ", like.device());
 }
 
 #ifdef GLU_FUSED_WITH_CUDA
-#define GLU_KERNELS(name) name##_cpu, name##_cuda
-#else
-#define GLU_KERNELS(name) name##_cpu
+// The device's guard is held while the kernel is queued on its current stream.
+template <typename Call>
+void launch_cuda(const Tensor& like, const Call& call, void (*kernel)(const Call&, void*)) {
+  const c10::cuda::CUDAGuard guard(like.device());
+  kernel(call, c10::cuda::getCurrentCUDAStream().stream());
+}
 #endif
+
+void launch(const Tensor& like, const ForwardCall& call) {
+  if (like.is_cpu()) return gated_forward_cpu(call);
+#ifdef GLU_FUSED_WITH_CUDA
+  if (like.is_cuda()) return launch_cuda(like, call, gated_forward_cuda);
+#endif
+  no_kernels_for(like);
+}
+
+void launch(const Tensor& like, const BackwardCall& call) {
+  if (like.is_cpu()) return gated_backward_cpu(call);
+#ifdef GLU_FUSED_WITH_CUDA
+  if (like.is_cuda()) return launch_cuda(like, call, gated_backward_cuda);
+#endif
+  no_kernels_for(like);
+}
 
 // With $GLU_FUSED_POISON_OUTPUTS set when the extension loads, every result is filled with
 // NaN before its kernel runs, so a test sees any element a kernel forgets to write.
@@ -174,8 +185,7 @@ Tensor new_result(at::IntArrayRef shape, const Tensor& like) {
   return out;
 }
 
-ActivationCall activation_call(const Tensor& x, Activation activation, double alpha,
-                               double limit) {
+ActivationCall activation_call(const Tensor& x, Activation activation, double alpha, double limit) {
   return {scalar_kind(x), activation, alpha, limit};
 }
 
@@ -189,14 +199,13 @@ void check_same(const Tensor& a, const Tensor& b, const char* a_name, const char
   TORCH_CHECK_VALUE(a.sizes() == b.sizes(), "glu_fused: ", a_name, " and ", b_name,
                     " must have the same shape, got ", a.sizes(), " and ", b.sizes());
   TORCH_CHECK_VALUE(a.scalar_type() == b.scalar_type(), "glu_fused: ", a_name, " and ", b_name,
-                    " must have the same dtype, got ", a.scalar_type(), " and ",
-                    b.scalar_type());
+                    " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
   TORCH_CHECK_VALUE(a.device() == b.device(), "glu_fused: ", a_name, " and ", b_name,
                     " must be on the same device, got ", a.device(), " and ", b.device());
 }
 
-Tensor glu_forward(const Tensor& input, int64_t dim, std::string_view function,
-                   bool interleaved, double alpha, double limit) {
+Tensor glu_forward(const Tensor& input, int64_t dim, std::string_view function, bool interleaved,
+                   double alpha, double limit) {
   const auto fn = packed_function(function);
   const auto op = activation_call(input, fn.activation, alpha, limit);
   dim = checked_dim(input, dim);
@@ -208,7 +217,7 @@ Tensor glu_forward(const Tensor& input, int64_t dim, std::string_view function,
   const auto* base = static_cast<const char*>(x.const_data_ptr());
   const ForwardCall call{op, layout, base + g * x.element_size(), base + v * x.element_size(),
                          out.mutable_data_ptr()};
-  run_on_device(x, call, GLU_KERNELS(gated_forward));
+  launch(x, call);
   return out;
 }
 
@@ -220,9 +229,9 @@ Tensor glu_backward(const Tensor& grad_out, const Tensor& input, int64_t dim,
   TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(halved_shape(input, dim)),
                     "glu_fused: grad_out has shape ", grad_out.sizes(), ", expected ",
                     halved_shape(input, dim));
-  TORCH_CHECK_VALUE(grad_out.scalar_type() == input.scalar_type() &&
-                        grad_out.device() == input.device(),
-                    "glu_fused: grad_out must match the input's dtype and device");
+  TORCH_CHECK_VALUE(
+      grad_out.scalar_type() == input.scalar_type() && grad_out.device() == input.device(),
+      "glu_fused: grad_out must match the input's dtype and device");
   Tensor x = input;
   Tensor grad_in = new_result(x.sizes(), x);
   if (grad_in.numel() == 0) return grad_in;
@@ -242,7 +251,7 @@ Tensor glu_backward(const Tensor& grad_out, const Tensor& input, int64_t dim,
                           grad_layout,
                           grad_base + dg * size,
                           grad_base + dv * size};
-  run_on_device(x, call, GLU_KERNELS(gated_backward));
+  launch(x, call);
   return grad_in;
 }
 
@@ -266,7 +275,7 @@ Tensor gated_forward(const Tensor& gate_in, const Tensor& value_in, std::string_
   const PairLayout layout = gated_layout(gate, value);
   const ForwardCall call{op, layout, gate.const_data_ptr(), value.const_data_ptr(),
                          out.mutable_data_ptr()};
-  run_on_device(gate, call, GLU_KERNELS(gated_forward));
+  launch(gate, call);
   return out;
 }
 
@@ -293,7 +302,7 @@ std::tuple<Tensor, Tensor> gated_backward(const Tensor& grad_out, const Tensor& 
                           grad_layout,
                           grad_gate.mutable_data_ptr(),
                           grad_value.mutable_data_ptr()};
-  run_on_device(gate, call, GLU_KERNELS(gated_backward));
+  launch(gate, call);
   return {grad_gate, grad_value};
 }
 
@@ -324,8 +333,8 @@ TORCH_LIBRARY_IMPL(glu_fused, CUDA, m) {
 // A plain Python module: importing it loads the kernels above into the dispatcher; its
 // attributes say how it was built.
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
-                                   "glu_fused's compiled kernels", -1, nullptr};
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "glu_fused's compiled kernels", -1,
+                                   nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef GLU_FUSED_WITH_CUDA

@@ -23,9 +23,7 @@ def split_dim(x: torch.Tensor, dim: int) -> int:
     if rank == 0:
         raise ValueError("glu_fused: cannot split a 0-dimensional tensor")
     if not -rank <= dim < rank:
-        raise ValueError(
-            f"glu_fused: dim {dim} is out of range for a tensor of {rank} dimensions"
-        )
+        raise ValueError(f"glu_fused: dim {dim} is out of range for a tensor of {rank} dimensions")
     dim = dim % rank
     if x.shape[dim] % 2:
         raise ValueError(
@@ -44,8 +42,7 @@ def is_interleaved(layout: str) -> bool:
 def check_approximate(approximate: str) -> None:
     if approximate not in GELU_APPROXIMATIONS:
         raise ValueError(
-            f"glu_fused: unknown approximate {approximate!r}; "
-            f"expected one of {GELU_APPROXIMATIONS}"
+            f"glu_fused: unknown approximate {approximate!r}; expected one of {GELU_APPROXIMATIONS}"
         )
 
 

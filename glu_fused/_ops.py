@@ -11,18 +11,20 @@ Two op families:
   gated_forward(gate, value, activation) -> out
   gated_backward(grad_out, gate, value, activation) -> (grad_gate, grad_value)
 
-The backward ops recompute the activation from the saved inputs: autograd saves only the
-inputs. Second-order gradients run through the differentiable reference (reference.py).
+The backward ops recompute the activation from the saved inputs: autograd saves only
+the inputs. Second-order gradients run through the differentiable reference.
 
 Forward-mode AD: custom ops cannot carry a jvp rule, so eager calls go through
 `FusedFunction`, an autograd.Function with a jvp (from the backward op's slopes) and a
-generated vmap rule; under torch.compile, which does not trace custom jvps, the op is called directly.
+generated vmap rule; under torch.compile, which does not trace custom jvps, the op is
+called directly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -39,8 +41,7 @@ _lib.define(
 )
 _lib.define("gated_forward(Tensor gate, Tensor value, str activation) -> Tensor")
 _lib.define(
-    "gated_backward(Tensor grad_out, Tensor gate, Tensor value, str activation) "
-    "-> (Tensor, Tensor)"
+    "gated_backward(Tensor grad_out, Tensor gate, Tensor value, str activation) -> (Tensor, Tensor)"
 )
 
 
@@ -153,11 +154,10 @@ def _register_autograd(family: OpFamily) -> None:
 
     def backward_of_backward(ctx, *grad_grads):
         saved = ctx.saved_tensors
-        grad_grads = [torch.zeros_like(saved[1 + i]) if g is None else g
-                      for i, g in enumerate(grad_grads)]
-        _, vjp = torch.func.vjp(
-            lambda *ts: family.reference_vjp(ts[0], *ts[1:], *ctx.args), *saved
-        )
+        grad_grads = [
+            torch.zeros_like(saved[1 + i]) if g is None else g for i, g in enumerate(grad_grads)
+        ]
+        _, vjp = torch.func.vjp(lambda *ts: family.reference_vjp(ts[0], *ts[1:], *ctx.args), *saved)
         return (*vjp(tuple(grad_grads)), *([None] * len(ctx.args)))
 
     torch.library.register_autograd(
@@ -226,8 +226,10 @@ class FusedFunction(torch.autograd.Function):
         # the pair of slope * tangent, the slopes being the backward for a unit gradient.
         family = ctx.family
         tensors = ctx.saved_tensors
-        tangents = [torch.zeros_like(p) if t is None else t
-                    for p, t in zip(tensors, tangents[: family.n_tensors])]
+        tangents = [
+            torch.zeros_like(p) if t is None else t
+            for p, t in zip(tensors, tangents[: family.n_tensors])
+        ]
         ones = tensors[0].new_ones(ctx.out_shape)
         slopes = family.backward_tuple(ones, tensors, ctx.args)
         return family.tangent(slopes, tangents, ctx.args)

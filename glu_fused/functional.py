@@ -15,7 +15,11 @@ from .reference import DEFAULT_ALPHA, DEFAULT_LIMIT
 
 
 def _packed(
-    x: torch.Tensor, dim: int, function: str, layout: str, alpha: float = DEFAULT_ALPHA,
+    x: torch.Tensor,
+    dim: int,
+    function: str,
+    layout: str,
+    alpha: float = DEFAULT_ALPHA,
     limit: float = DEFAULT_LIMIT,
 ) -> torch.Tensor:
     _checks.check_dtype(x)

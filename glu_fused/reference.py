@@ -103,8 +103,12 @@ def _packed_math(
         g = _clamp(x1, None, limit)
         v = _clamp(x2, -limit, limit)
         return g * sigmoid(alpha * g) * (v + 1)
-    gate_activation = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh",
-                       "reglu": "relu"}[function]
+    gate_activation = {
+        "swiglu": "silu",
+        "geglu": "gelu",
+        "geglu_tanh": "gelu_tanh",
+        "reglu": "relu",
+    }[function]
     return activate(x1, gate_activation) * x2
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ACTIVATIONS, FUNCTION_IDS, FUNCTIONS, LAYOUTS, backend_params, device_of, fused, random_input, ref
+from conftest import (
+    ACTIVATIONS,
+    FUNCTION_IDS,
+    FUNCTIONS,
+    LAYOUTS,
+    backend_params,
+    device_of,
+    fused,
+    random_input,
+    ref,
+)
 
 import glu_fused
 from glu_fused import reference
@@ -23,7 +33,7 @@ def _x(backend, shape=(3, 10)):
 def test_gradcheck_and_gradgradcheck(backend, fn, kwargs, layout):
     for shape, dim in (((3, 10), -1), ((2, 6, 3), 1)):
         x = _x(backend, shape)
-        f = lambda t: fused(fn)(t, dim, layout=layout, **kwargs)  # noqa: E731
+        f = lambda t, dim=dim: fused(fn)(t, dim, layout=layout, **kwargs)  # noqa: E731
         with glu_fused.use_backend(backend):
             assert torch.autograd.gradcheck(f, (x,))
             assert torch.autograd.gradgradcheck(f, (x,))
@@ -82,9 +92,12 @@ def test_vmap_forward_and_grad(backend, layout, in_dim):
         grads = torch.func.vmap(torch.func.grad(lambda a: f(a).sum()), in_dims=in_dim)(batched)
     expected = torch.stack([ref("swiglu")(x[i], 0, layout=layout) for i in range(5)])
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
-    want = torch.stack([
-        torch.func.grad(lambda a: ref("swiglu")(a, 0, layout=layout).sum())(x[i]) for i in range(5)
-    ])
+    want = torch.stack(
+        [
+            torch.func.grad(lambda a: ref("swiglu")(a, 0, layout=layout).sum())(x[i])
+            for i in range(5)
+        ]
+    )
     torch.testing.assert_close(grads, want, rtol=1e-10, atol=1e-12)
 
 
@@ -93,7 +106,9 @@ def test_vmap_gated_with_unbatched_value(backend):
     g, v = _x(backend, (4, 3, 5)).detach(), _x(backend, (3, 5)).detach()
     with glu_fused.use_backend(backend):
         out = torch.func.vmap(lambda a, b: glu_fused.gated(a, b, "relu"), in_dims=(0, None))(g, v)
-    torch.testing.assert_close(out, reference.gated(g, v.expand_as(g), "relu"), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        out, reference.gated(g, v.expand_as(g), "relu"), rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -119,7 +134,9 @@ def test_autograd_saves_only_the_input(backend, fn, kwargs):
 
 @pytest.mark.parametrize("backend", backend_params(("cpu", "cuda", "triton")))
 def test_gated_saves_only_its_inputs(backend):
-    g, v = (random_input((3, 8), torch.float32, device_of(backend)).requires_grad_() for _ in range(2))
+    g, v = (
+        random_input((3, 8), torch.float32, device_of(backend)).requires_grad_() for _ in range(2)
+    )
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         with glu_fused.use_backend(backend):

@@ -70,13 +70,19 @@ def test_cuda_tensors_without_gpu_are_refused_by_cpu_backend():
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
 
 
 def test_environment_variable_sets_the_default():
-    done = _run("import glu_fused; print(glu_fused.current_backend())",
-                GLU_FUSED_BACKEND="reference")
+    done = _run(
+        "import glu_fused; print(glu_fused.current_backend())", GLU_FUSED_BACKEND="reference"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "reference"
 
@@ -85,3 +91,16 @@ def test_environment_variable_is_checked():
     done = _run("import glu_fused", GLU_FUSED_BACKEND="fastest")
     assert done.returncode != 0
     assert "unknown backend 'fastest'" in done.stderr and "GLU_FUSED_BACKEND" in done.stderr
+
+
+def test_cpu_kernels_are_refused_below_their_simd_level():
+    from glu_fused.backends import extension
+
+    if extension.built_cpu_capability() in (None, "default"):
+        pytest.skip("the CPU kernels were built for the baseline ISA")
+    done = _run(
+        "import glu_fused; print(glu_fused.backend_status()['cpu'])",
+        ATEN_CPU_CAPABILITY="default",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "GLU_FUSED_CPU_CAPABILITY=default" in done.stdout

@@ -13,7 +13,6 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import build_config  # noqa: E402
-
 from glu_fused.backends import extension  # noqa: E402
 
 
@@ -44,7 +43,10 @@ def test_cuda_switch_off():
 
 def test_cpu_capability_follows_torch_or_the_environment():
     assert build_config.cpu_capability("AVX2", environ={}) in ("avx2", "default")
-    assert build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "default"}) == "default"
+    assert (
+        build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "default"})
+        == "default"
+    )
     assert build_config.cpu_capability("NO AVX", environ={}) == "default"
     with pytest.raises(ValueError, match="GLU_FUSED_CPU_CAPABILITY"):
         build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "sse9"})
@@ -73,7 +75,8 @@ def test_extension_cpu_kernels_use_this_machines_simd():
 def test_cuda_kernels_are_built_wherever_they_can_be():
     """With kernels in csrc/cuda, nvcc and a CUDA torch, a build without them is broken."""
     can, why = build_config.cuda_decision(
-        torch.version.cuda, build_config.find_cuda_home(), build_config.cuda_sources(), environ={})
+        torch.version.cuda, build_config.find_cuda_home(), build_config.cuda_sources(), environ={}
+    )
     from glu_fused import _C
 
     if not can:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ACTIVATIONS, FUNCTION_IDS, FUNCTIONS, LAYOUTS, backend_params, device_of, fused, random_input
+from conftest import (
+    ACTIVATIONS,
+    FUNCTION_IDS,
+    FUNCTIONS,
+    LAYOUTS,
+    backend_params,
+    device_of,
+    fused,
+    random_input,
+)
 
 import glu_fused
 
@@ -13,14 +22,23 @@ COMPILED_BACKENDS = backend_params(("cpu", "cuda", "triton"))
 
 
 def _opcheck(op, args):
-    torch.library.opcheck(op, args, test_utils=(
-        "test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(
+        op,
+        args,
+        test_utils=(
+            "test_schema",
+            "test_autograd_registration",
+            "test_faketensor",
+            "test_aot_dispatch_dynamic",
+        ),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(
-    "function", ["glu", "swiglu", "geglu", "geglu_tanh", "reglu", "clamped_swiglu"])
+    "function", ["glu", "swiglu", "geglu", "geglu_tanh", "reglu", "clamped_swiglu"]
+)
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 def test_opcheck_packed_ops(backend, function, layout, dtype):
     dev = device_of(backend)
@@ -77,8 +95,9 @@ def test_compile_keeps_the_fused_op_in_the_graph(backend):
     g, v = x.chunk(2, -1)
     with glu_fused.use_backend(backend):
         torch.compile(lambda t: glu_fused.swiglu(t), fullgraph=True, backend=capture)(x)
-        torch.compile(lambda a, b: glu_fused.gated(a, b, "gelu"), fullgraph=True,
-                      backend=capture)(g, v)
+        torch.compile(lambda a, b: glu_fused.gated(a, b, "gelu"), fullgraph=True, backend=capture)(
+            g, v
+        )
     targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
     assert "glu_fused.glu_forward.default" in targets, targets
     assert "glu_fused.gated_forward.default" in targets, targets

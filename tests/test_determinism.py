@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FUNCTION_IDS, FUNCTIONS, LAYOUTS, backend_params, device_of, fused, random_input
+from conftest import (
+    FUNCTION_IDS,
+    FUNCTIONS,
+    LAYOUTS,
+    backend_params,
+    device_of,
+    fused,
+    random_input,
+)
 
 import glu_fused
 
@@ -33,7 +41,9 @@ def test_bitwise_reproducible_and_batch_invariant(backend, fn, kwargs, layout, d
         out2, dx2 = _fwd_bwd(fn, batch, grad, layout, kwargs)
         assert torch.equal(out, out2) and torch.equal(dx, dx2), "not reproducible"
         for row in (0, 17, 63):
-            alone, dx_alone = _fwd_bwd(fn, batch[row : row + 1], grad[row : row + 1], layout, kwargs)
+            alone, dx_alone = _fwd_bwd(
+                fn, batch[row : row + 1], grad[row : row + 1], layout, kwargs
+            )
             assert torch.equal(alone[0], out[row]), f"row {row} depends on its batch"
             assert torch.equal(dx_alone[0], dx[row]), f"row {row}'s gradient depends on its batch"
         # The same row at an odd offset inside a wider, misaligned buffer.

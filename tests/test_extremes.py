@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ACTIVATIONS, FUNCTION_IDS, FUNCTIONS, LAYOUTS, assert_matches, backend_params, device_of, fused, ref
+from conftest import (
+    ACTIVATIONS,
+    FUNCTION_IDS,
+    FUNCTIONS,
+    LAYOUTS,
+    assert_matches,
+    backend_params,
+    device_of,
+    fused,
+    ref,
+)
 
 import glu_fused
 from glu_fused import reference
@@ -22,8 +32,24 @@ def _specials(dtype, with_nonfinite):
     for, can carry that factor to the float64 reference's 1e-5 accuracy.
     """
     big = torch.finfo(dtype).max if dtype != torch.float64 else 1e100
-    vals = [0.0, -0.0, 1.0, -1.0, 7.0, -7.0, 30.0, -30.0, 50.0, -50.0, 1e4, -1e4, big, -big,
-            big / 2, -big / 2]
+    vals = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        7.0,
+        -7.0,
+        30.0,
+        -30.0,
+        50.0,
+        -50.0,
+        1e4,
+        -1e4,
+        big,
+        -big,
+        big / 2,
+        -big / 2,
+    ]
     if with_nonfinite:
         # Next to an infinite value, only gates whose activation neither vanishes nor
         # underflows in both float32 and float64 alike: gelu(-30) is 0 in float32, not in

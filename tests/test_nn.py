@@ -45,8 +45,13 @@ def test_gated_mlp_is_down_of_act_gate_times_up(activation):
     x = torch.randn(2, 5, 12, dtype=torch.float64)
     gate_w, up_w = mlp.gate_up.weight.chunk(2, 0)
     gate_b, up_b = mlp.gate_up.bias.chunk(2, 0)
-    act = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-           "relu": F.relu, "sigmoid": torch.sigmoid}[activation]
+    act = {
+        "silu": F.silu,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+        "relu": F.relu,
+        "sigmoid": torch.sigmoid,
+    }[activation]
     hidden = act(F.linear(x, gate_w, gate_b)) * F.linear(x, up_w, up_b)
     expected = F.linear(hidden, mlp.down.weight, mlp.down.bias)
     torch.testing.assert_close(mlp(x), expected, rtol=1e-10, atol=1e-12)

@@ -6,8 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
-    ACTIVATIONS, DTYPES, FUNCTION_IDS, FUNCTIONS, LAYOUTS, assert_matches, backend_params,
-    device_of, fused, random_input, ref,
+    ACTIVATIONS,
+    DTYPES,
+    FUNCTION_IDS,
+    FUNCTIONS,
+    LAYOUTS,
+    assert_matches,
+    backend_params,
+    device_of,
+    fused,
+    random_input,
+    ref,
 )
 
 import glu_fused
@@ -45,7 +54,9 @@ CASES = {
     "misaligned-middle-dim": (lambda dt, dev: _offset_by_one((3, 2 * 4, 9), dt, dev), 1),
     "transposed": (lambda dt, dev: random_input((2 * 20, 6), dt, dev).t(), -1),
     "outer-not-collapsible": (
-        lambda dt, dev: random_input((4, 5, 2 * 8), dt, dev).transpose(0, 1), -1),
+        lambda dt, dev: random_input((4, 5, 2 * 8), dt, dev).transpose(0, 1),
+        -1,
+    ),
     "expanded-rows": (lambda dt, dev: random_input((1, 2 * 24), dt, dev).expand(4, 48), -1),
     "expanded-inner": (lambda dt, dev: random_input((2 * 4, 1), dt, dev).expand(8, 6), 0),
     "empty-rows": (lambda dt, dev: random_input((0, 2 * 8), dt, dev), -1),
@@ -91,11 +102,17 @@ GATED_CASES = {
     "0d": lambda dt, dev: (random_input((), dt, dev), random_input((), dt, dev)),
     "halves-of-one-projection": lambda dt, dev: random_input((5, 2 * 40), dt, dev).chunk(2, -1),
     "expanded-value": lambda dt, dev: (
-        random_input((6, 19), dt, dev), random_input((1, 19), dt, dev).expand(6, 19)),
+        random_input((6, 19), dt, dev),
+        random_input((1, 19), dt, dev).expand(6, 19),
+    ),
     "different-strides": lambda dt, dev: (
-        random_input((9, 12), dt, dev), random_input((12, 9), dt, dev).t()),
+        random_input((9, 12), dt, dev),
+        random_input((12, 9), dt, dev).t(),
+    ),
     "misaligned": lambda dt, dev: (
-        _offset_by_one((4, 21), dt, dev), _offset_by_one((4, 21), dt, dev)),
+        _offset_by_one((4, 21), dt, dev),
+        _offset_by_one((4, 21), dt, dev),
+    ),
     "empty": lambda dt, dev: (random_input((0, 5), dt, dev), random_input((0, 5), dt, dev)),
 }
 

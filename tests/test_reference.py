@@ -81,5 +81,9 @@ def test_gated_reference_matches_its_activations():
 
 def test_reference_is_twice_differentiable():
     x = random_input((3, 8), torch.float64).requires_grad_()
-    for fn in (reference.swiglu, reference.clamped_swiglu, lambda t: reference.geglu(t, approximate="tanh")):
+    for fn in (
+        reference.swiglu,
+        reference.clamped_swiglu,
+        lambda t: reference.geglu(t, approximate="tanh"),
+    ):
         assert torch.autograd.gradgradcheck(fn, (x,))

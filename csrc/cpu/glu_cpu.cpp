@@ -23,47 +23,55 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Vectorized<scalar_t>::size() consecutive elements of one tensor, held as K vectors of the
-// compute type (float for half and bfloat16, else scalar_t itself).
+// kWidth consecutive elements of one tensor, held as K vectors of the compute type (float
+// for half and bfloat16, else scalar_t itself). K = 2 gives every step two independent
+// dependency chains through exp and the division, which the core overlaps.
 template <typename scalar_t>
 struct Lanes {
   using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   using Compute = Vectorized<opmath_t>;
   using Storage = Vectorized<scalar_t>;
-  static constexpr int64_t kWidth = Storage::size();
-  static constexpr int K = kWidth / Compute::size();
   static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
+  static constexpr int K = 2;
+  static constexpr int kPerStorage = Storage::size() / Compute::size();  // 2 if reduced
+  static constexpr int kStorages = K / kPerStorage;
+  static constexpr int64_t kWidth = K * Compute::size();
 
   Compute v[K];
 
-  // Loads `count` (at most kWidth) elements; the lanes past them are zero.
-  static Lanes load(const scalar_t* p, int64_t count) {
+  // Loads `count` elements (any number; at most kWidth are read); the lanes past them are 0.
+  GLU_HD static Lanes load(const scalar_t* p, int64_t count) {
     Lanes out;
-    if (count <= 0) {
-      for (int j = 0; j < K; ++j) out.v[j] = Compute(opmath_t(0));
-      return out;
-    }
-    const Storage raw = count == kWidth ? Storage::loadu(p) : Storage::loadu(p, count);
-    if constexpr (kReduced) {
-      std::tie(out.v[0], out.v[1]) = at::vec::convert_to_float<scalar_t>(raw);
-    } else {
-      out.v[0] = raw;
+    for (int i = 0; i < kStorages; ++i) {
+      const int64_t n = std::clamp<int64_t>(count - i * Storage::size(), 0, Storage::size());
+      const scalar_t* at = p + i * Storage::size();
+      const Storage raw = n == Storage::size() ? Storage::loadu(at)
+                          : n > 0              ? Storage::loadu(at, n)
+                                               : Storage(scalar_t(0));
+      if constexpr (kReduced) {
+        std::tie(out.v[2 * i], out.v[2 * i + 1]) = at::vec::convert_to_float<scalar_t>(raw);
+      } else {
+        out.v[i] = raw;
+      }
     }
     return out;
   }
 
-  void store(scalar_t* p, int64_t count) const {
-    if (count <= 0) return;
-    Storage raw;
-    if constexpr (kReduced) {
-      raw = at::vec::convert_from_float<scalar_t>(v[0], v[1]);
-    } else {
-      raw = v[0];
-    }
-    if (count == kWidth) {
-      raw.store(p);
-    } else {
-      raw.store(p, count);
+  // Stores the first `count` elements (any number; at most kWidth are written).
+  GLU_HD void store(scalar_t* p, int64_t count) const {
+    for (int i = 0; i < kStorages; ++i) {
+      const int64_t n = std::clamp<int64_t>(count - i * Storage::size(), 0, Storage::size());
+      Storage raw;
+      if constexpr (kReduced) {
+        raw = at::vec::convert_from_float<scalar_t>(v[2 * i], v[2 * i + 1]);
+      } else {
+        raw = v[i];
+      }
+      if (n == Storage::size()) {
+        raw.store(p + i * Storage::size());
+      } else if (n > 0) {
+        raw.store(p + i * Storage::size(), n);
+      }
     }
   }
 };
@@ -77,7 +85,7 @@ struct PairLanes {
 
   // elem_stride 1: two separate stretches. elem_stride 2: one stretch of interleaved pairs,
   // split with deinterleave2; `gate_first` says whether gates sit at the even positions.
-  static PairLanes load(const scalar_t* g, const scalar_t* v, int64_t count, bool pairs) {
+  GLU_HD static PairLanes load(const scalar_t* g, const scalar_t* v, int64_t count, bool pairs) {
     PairLanes out;
     if (!pairs) {
       out.gate = L::load(g, count);
@@ -86,7 +94,7 @@ struct PairLanes {
     }
     const bool gate_first = g < v;
     const scalar_t* base = gate_first ? g : v;
-    const L lo = L::load(base, std::min<int64_t>(2 * count, L::kWidth));
+    const L lo = L::load(base, 2 * count);
     const L hi = L::load(base + L::kWidth, 2 * count - L::kWidth);
     L& first = gate_first ? out.gate : out.value;
     L& second = gate_first ? out.value : out.gate;
@@ -95,7 +103,7 @@ struct PairLanes {
   }
 
   // Splits 2 * kWidth interleaved elements (lo, hi) into evens and odds.
-  static void deinterleave(const L& lo, const L& hi, L& evens, L& odds) {
+  GLU_HD static void deinterleave(const L& lo, const L& hi, L& evens, L& odds) {
     typename L::Compute seq[2 * L::K];
     for (int j = 0; j < L::K; ++j) {
       seq[j] = lo.v[j];
@@ -107,7 +115,7 @@ struct PairLanes {
   }
 
   // The inverse of load(): stores gate and value lanes back to their places.
-  void store(scalar_t* g, scalar_t* v, int64_t count, bool pairs) const {
+  GLU_HD void store(scalar_t* g, scalar_t* v, int64_t count, bool pairs) const {
     if (!pairs) {
       gate.store(g, count);
       value.store(v, count);
@@ -126,7 +134,7 @@ struct PairLanes {
       hi.v[j] = seq[L::K + j];
     }
     scalar_t* base = gate_first ? g : v;
-    lo.store(base, std::min<int64_t>(2 * count, L::kWidth));
+    lo.store(base, 2 * count);
     hi.store(base + L::kWidth, 2 * count - L::kWidth);
   }
 };
@@ -134,18 +142,19 @@ struct PairLanes {
 // Elements per parallel task, as ATen's elementwise kernels use.
 constexpr int64_t kGrainElements = 32768;
 
-// Calls body(run, first_elem, count) for every block of up to `width` elements of every
-// run, spread over the cores. Blocks never straddle runs.
+// Splits the output's elements over the cores and calls body(run, first, count) for each
+// stretch of a run that a task covers; the body walks it in vector blocks. The per-run index
+// arithmetic (divisions) happens once per stretch, not per block.
 template <typename Body>
-void for_each_block(const PairLayout& layout, int64_t width, const Body& body) {
-  const int64_t blocks_per_run = (layout.run_len + width - 1) / width;
-  const int64_t blocks = layout.runs * blocks_per_run;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / width);
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t run = b / blocks_per_run;
-      const int64_t first = (b % blocks_per_run) * width;
-      body(run, first, std::min(width, layout.run_len - first));
+void for_each_stretch(const PairLayout& layout, const Body& body) {
+  const int64_t len = layout.run_len;
+  at::parallel_for(0, layout.numel(), kGrainElements, [&](int64_t begin, int64_t end) {
+    int64_t run = begin / len;
+    int64_t first = begin % len;
+    for (int64_t at = begin; at < end; ++run, first = 0) {
+      const int64_t count = std::min(len - first, end - at);
+      body(run, first, count);
+      at += count;
     }
   });
 }
@@ -160,49 +169,62 @@ ActParams<typename Lanes<scalar_t>::Compute> vector_params(const ActivationCall&
 template <Activation A, typename scalar_t>
 struct ForwardKernel {
   static void run(const ForwardCall& call) {
-  using L = Lanes<scalar_t>;
-  using Math = Gated<A, typename L::Compute>;
-  const auto params = vector_params<scalar_t>(call.op);
-  const PairLayout& in = call.in;
-  const bool pairs = in.elem_stride == 2;
-  const auto* gate = static_cast<const scalar_t*>(call.gate);
-  const auto* value = static_cast<const scalar_t*>(call.value);
-  auto* out = static_cast<scalar_t*>(call.out);
-  for_each_block(in, L::kWidth, [&](int64_t run, int64_t first, int64_t count) {
-    const int64_t at = in.run_offset(run) + first * in.elem_stride;
-    const auto x = PairLanes<scalar_t>::load(gate + at, value + at, count, pairs);
-    L y;
-    for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], params);
-    y.store(out + run * in.run_len + first, count);
-  });
+    using L = Lanes<scalar_t>;
+    using Math = Gated<A, typename L::Compute>;
+    const auto params = vector_params<scalar_t>(call.op);
+    const PairLayout& in = call.in;
+    const bool pairs = in.elem_stride == 2;
+    const auto* gate = static_cast<const scalar_t*>(call.gate);
+    const auto* value = static_cast<const scalar_t*>(call.value);
+    auto* out = static_cast<scalar_t*>(call.out);
+    for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
+      const int64_t step = L::kWidth * in.elem_stride;
+      const int64_t at = in.run_offset(run) + first * in.elem_stride;
+      const scalar_t* g = gate + at;
+      const scalar_t* v = value + at;
+      scalar_t* y_out = out + run * in.run_len + first;
+      for (int64_t done = 0; done < count; done += L::kWidth, g += step, v += step) {
+        const int64_t n = std::min(L::kWidth, count - done);
+        const auto x = PairLanes<scalar_t>::load(g, v, n, pairs);
+        L y;
+        for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], params);
+        y.store(y_out + done, n);
+      }
+    });
   }
 };
 
 template <Activation A, typename scalar_t>
 struct BackwardKernel {
   static void run(const BackwardCall& call) {
-  using L = Lanes<scalar_t>;
-  using Math = Gated<A, typename L::Compute>;
-  const auto params = vector_params<scalar_t>(call.op);
-  const PairLayout& in = call.in;
-  const PairLayout& gin = call.grad_in;
-  const bool pairs = in.elem_stride == 2;
-  const auto* gate = static_cast<const scalar_t*>(call.gate);
-  const auto* value = static_cast<const scalar_t*>(call.value);
-  const auto* grad_out = static_cast<const scalar_t*>(call.grad_out);
-  auto* grad_gate = static_cast<scalar_t*>(call.grad_gate);
-  auto* grad_value = static_cast<scalar_t*>(call.grad_value);
-  for_each_block(in, L::kWidth, [&](int64_t run, int64_t first, int64_t count) {
-    const int64_t at = in.run_offset(run) + first * in.elem_stride;
-    const auto x = PairLanes<scalar_t>::load(gate + at, value + at, count, pairs);
-    const L dy = L::load(grad_out + run * in.run_len + first, count);
-    PairLanes<scalar_t> dx;
-    for (int j = 0; j < L::K; ++j) {
-      Math::backward(x.gate.v[j], x.value.v[j], dy.v[j], params, dx.gate.v[j], dx.value.v[j]);
-    }
-    const int64_t gat = gin.run_offset(run) + first * gin.elem_stride;
-    dx.store(grad_gate + gat, grad_value + gat, count, pairs);
-  });
+    using L = Lanes<scalar_t>;
+    using Math = Gated<A, typename L::Compute>;
+    const auto params = vector_params<scalar_t>(call.op);
+    const PairLayout& in = call.in;
+    const PairLayout& gin = call.grad_in;
+    const bool pairs = in.elem_stride == 2;
+    const auto* gate = static_cast<const scalar_t*>(call.gate);
+    const auto* value = static_cast<const scalar_t*>(call.value);
+    const auto* grad_out = static_cast<const scalar_t*>(call.grad_out);
+    auto* grad_gate = static_cast<scalar_t*>(call.grad_gate);
+    auto* grad_value = static_cast<scalar_t*>(call.grad_value);
+    for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
+      const int64_t step = L::kWidth * in.elem_stride;
+      const int64_t at = in.run_offset(run) + first * in.elem_stride;
+      const int64_t grad_at = gin.run_offset(run) + first * in.elem_stride;
+      const scalar_t* dy_in = grad_out + run * in.run_len + first;
+      for (int64_t done = 0; done < count; done += L::kWidth) {
+        const int64_t n = std::min(L::kWidth, count - done);
+        const int64_t shift = done * in.elem_stride;
+        const auto x = PairLanes<scalar_t>::load(gate + at + shift, value + at + shift, n, pairs);
+        const L dy = L::load(dy_in + done, n);
+        PairLanes<scalar_t> dx;
+        for (int j = 0; j < L::K; ++j) {
+          Math::backward(x.gate.v[j], x.value.v[j], dy.v[j], params, dx.gate.v[j], dx.value.v[j]);
+        }
+        dx.store(grad_gate + grad_at + shift, grad_value + grad_at + shift, n, pairs);
+      }
+    });
   }
 };
 
@@ -210,10 +232,14 @@ struct BackwardKernel {
 template <template <Activation, typename> class Kernel, Activation A, typename Call>
 void dispatch_dtype(const Call& call) {
   switch (call.op.dtype) {
-    case ScalarKind::Half: return Kernel<A, c10::Half>::run(call);
-    case ScalarKind::BFloat16: return Kernel<A, c10::BFloat16>::run(call);
-    case ScalarKind::Float: return Kernel<A, float>::run(call);
-    case ScalarKind::Double: return Kernel<A, double>::run(call);
+    case ScalarKind::Half:
+      return Kernel<A, c10::Half>::run(call);
+    case ScalarKind::BFloat16:
+      return Kernel<A, c10::BFloat16>::run(call);
+    case ScalarKind::Float:
+      return Kernel<A, float>::run(call);
+    case ScalarKind::Double:
+      return Kernel<A, double>::run(call);
   }
   TORCH_CHECK(false, "glu_fused: unsupported dtype");
 }
@@ -221,12 +247,18 @@ void dispatch_dtype(const Call& call) {
 template <template <Activation, typename> class Kernel, typename Call>
 void dispatch(const Call& call) {
   switch (call.op.activation) {
-    case Activation::Sigmoid: return dispatch_dtype<Kernel, Activation::Sigmoid>(call);
-    case Activation::Silu: return dispatch_dtype<Kernel, Activation::Silu>(call);
-    case Activation::Gelu: return dispatch_dtype<Kernel, Activation::Gelu>(call);
-    case Activation::GeluTanh: return dispatch_dtype<Kernel, Activation::GeluTanh>(call);
-    case Activation::Relu: return dispatch_dtype<Kernel, Activation::Relu>(call);
-    case Activation::ClampedSilu: return dispatch_dtype<Kernel, Activation::ClampedSilu>(call);
+    case Activation::Sigmoid:
+      return dispatch_dtype<Kernel, Activation::Sigmoid>(call);
+    case Activation::Silu:
+      return dispatch_dtype<Kernel, Activation::Silu>(call);
+    case Activation::Gelu:
+      return dispatch_dtype<Kernel, Activation::Gelu>(call);
+    case Activation::GeluTanh:
+      return dispatch_dtype<Kernel, Activation::GeluTanh>(call);
+    case Activation::Relu:
+      return dispatch_dtype<Kernel, Activation::Relu>(call);
+    case Activation::ClampedSilu:
+      return dispatch_dtype<Kernel, Activation::ClampedSilu>(call);
   }
   TORCH_CHECK(false, "glu_fused: unknown activation");
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -27,7 +27,9 @@ ENV_VAR = "GLU_FUSED_BACKEND"
 
 def _checked_name(name: str, source: str) -> str:
     if name not in CHOICES:
-        raise ValueError(f"glu_fused: unknown backend {name!r} ({source}); expected one of {CHOICES}")
+        raise ValueError(
+            f"glu_fused: unknown backend {name!r} ({source}); expected one of {CHOICES}"
+        )
     return name
 
 

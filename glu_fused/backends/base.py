@@ -17,7 +17,12 @@ class Backend(Protocol):
         """None if the backend runs tensors on `device`, else why not."""
 
     def packed(
-        self, x: torch.Tensor, dim: int, function: str, interleaved: bool, alpha: float,
+        self,
+        x: torch.Tensor,
+        dim: int,
+        function: str,
+        interleaved: bool,
+        alpha: float,
         limit: float,
     ) -> torch.Tensor:
         """A packed function (reference.PACKED_FUNCTIONS) of `x`, `dim` checked and >= 0."""

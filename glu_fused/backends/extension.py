@@ -31,8 +31,10 @@ def _cpu_reason() -> str | None:
     here = torch.backends.cpu.get_cpu_capability().lower()
     if built in _CPU_LEVELS and here in _CPU_LEVELS:
         if _CPU_LEVELS.index(built) > _CPU_LEVELS.index(here):
-            return (f"the CPU kernels were built for {built} but this CPU runs {here}; "
-                    "rebuild with GLU_FUSED_CPU_CAPABILITY=default")
+            return (
+                f"the CPU kernels were built for {built} but this CPU runs {here}; "
+                "rebuild with GLU_FUSED_CPU_CAPABILITY=default"
+            )
     return None
 
 
@@ -57,8 +59,10 @@ class _ExtensionBackend:
 
     def unsupported_reason(self, device: torch.device) -> str | None:
         if device.type != self.device_type:
-            return (f"the {self.name!r} backend runs {self.device_type} tensors; "
-                    f"got a {device.type} tensor")
+            return (
+                f"the {self.name!r} backend runs {self.device_type} tensors; "
+                f"got a {device.type} tensor"
+            )
         return None
 
     def packed(self, x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
