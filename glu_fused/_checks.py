@@ -33,6 +33,13 @@ def split_dim(x: torch.Tensor, dim: int) -> int:
     return dim
 
 
+def packed_args(x: torch.Tensor, dim: int, layout: str) -> tuple[int, bool]:
+    """(dim made non-negative, interleaved?) for a packed function's arguments, all checked."""
+    check_dtype(x)
+    interleaved = is_interleaved(layout)
+    return split_dim(x, dim), interleaved
+
+
 def is_interleaved(layout: str) -> bool:
     if layout not in LAYOUTS:
         raise ValueError(f"glu_fused: unknown layout {layout!r}; expected one of {LAYOUTS}")

@@ -22,9 +22,7 @@ def _packed(
     alpha: float = DEFAULT_ALPHA,
     limit: float = DEFAULT_LIMIT,
 ) -> torch.Tensor:
-    _checks.check_dtype(x)
-    interleaved = _checks.is_interleaved(layout)
-    dim = _checks.split_dim(x, dim)
+    dim, interleaved = _checks.packed_args(x, dim, layout)
     backend = backends.select(x.device)
     return backend.packed(x, dim, function, interleaved, float(alpha), float(limit))
 

@@ -125,21 +125,15 @@ def packed(
     return _packed_math(x1, x2, function, alpha, limit).to(x.dtype).contiguous()
 
 
-def _checked(x: torch.Tensor, dim: int, layout: str) -> tuple[int, bool]:
-    _checks.check_dtype(x)
-    interleaved = _checks.is_interleaved(layout)
-    return _checks.split_dim(x, dim), interleaved
-
-
 def glu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
     """x1 * sigmoid(x2)."""
-    dim, interleaved = _checked(x, dim, layout)
+    dim, interleaved = _checks.packed_args(x, dim, layout)
     return packed(x, dim, "glu", interleaved)
 
 
 def swiglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
     """silu(x1) * x2."""
-    dim, interleaved = _checked(x, dim, layout)
+    dim, interleaved = _checks.packed_args(x, dim, layout)
     return packed(x, dim, "swiglu", interleaved)
 
 
@@ -148,13 +142,13 @@ def geglu(
 ) -> torch.Tensor:
     """gelu(x1, approximate) * x2."""
     _checks.check_approximate(approximate)
-    dim, interleaved = _checked(x, dim, layout)
+    dim, interleaved = _checks.packed_args(x, dim, layout)
     return packed(x, dim, "geglu_tanh" if approximate == "tanh" else "geglu", interleaved)
 
 
 def reglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
     """relu(x1) * x2."""
-    dim, interleaved = _checked(x, dim, layout)
+    dim, interleaved = _checks.packed_args(x, dim, layout)
     return packed(x, dim, "reglu", interleaved)
 
 
@@ -167,7 +161,7 @@ def clamped_swiglu(
     layout: str = "interleaved",
 ) -> torch.Tensor:
     """g * sigmoid(alpha * g) * (l + 1), g = x1.clamp(max=limit), l = x2.clamp(-limit, limit)."""
-    dim, interleaved = _checked(x, dim, layout)
+    dim, interleaved = _checks.packed_args(x, dim, layout)
     return packed(x, dim, "clamped_swiglu", interleaved, alpha, limit)
 
 

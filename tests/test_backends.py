@@ -104,3 +104,27 @@ def test_cpu_kernels_are_refused_below_their_simd_level():
     )
     assert done.returncode == 0, done.stderr
     assert "GLU_FUSED_CPU_CAPABILITY=default" in done.stdout
+
+
+def test_import_without_the_extension_falls_back_to_the_reference():
+    """With glu_fused._C unimportable (not built), everything runs on the reference."""
+    done = _run(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'glu_fused._C':\n"
+        "            raise ImportError('simulated: extension not built')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import torch, glu_fused\n"
+        "print(glu_fused.available_backends())\n"
+        "print(glu_fused.backend_status()['cpu'])\n"
+        "x = torch.randn(3, 8, requires_grad=True)\n"
+        "glu_fused.swiglu(x).sum().backward()\n"
+        "assert torch.allclose(glu_fused.swiglu(x), glu_fused.reference.swiglu(x))\n"
+        "print('ok')\n"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert lines[0] == "['reference']"
+    assert "compiled extension is not available" in lines[1] and "not built" in lines[1]
+    assert lines[2] == "ok"
