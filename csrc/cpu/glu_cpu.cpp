@@ -45,34 +45,52 @@ struct Lanes {
     for (int i = 0; i < kStorages; ++i) {
       const int64_t n = std::clamp<int64_t>(count - i * Storage::size(), 0, Storage::size());
       const scalar_t* at = p + i * Storage::size();
+      // The full load is its own branch: the common case stays free of the partial one.
       const Storage raw = n == Storage::size() ? Storage::loadu(at)
                           : n > 0              ? Storage::loadu(at, n)
                                                : Storage(scalar_t(0));
-      if constexpr (kReduced) {
-        std::tie(out.v[2 * i], out.v[2 * i + 1]) = at::vec::convert_to_float<scalar_t>(raw);
-      } else {
-        out.v[i] = raw;
-      }
+      out.set(i, raw);
     }
     return out;
+  }
+
+  // kWidth elements, no bounds: the body of every run but its tail.
+  GLU_HD static Lanes load_full(const scalar_t* p) {
+    Lanes out;
+    for (int i = 0; i < kStorages; ++i) out.set(i, Storage::loadu(p + i * Storage::size()));
+    return out;
+  }
+
+  GLU_HD void set(int i, const Storage& raw) {
+    if constexpr (kReduced) {
+      std::tie(v[2 * i], v[2 * i + 1]) = at::vec::convert_to_float<scalar_t>(raw);
+    } else {
+      v[i] = raw;
+    }
+  }
+
+  GLU_HD Storage get(int i) const {
+    if constexpr (kReduced) {
+      return at::vec::convert_from_float<scalar_t>(v[2 * i], v[2 * i + 1]);
+    } else {
+      return v[i];
+    }
   }
 
   // Stores the first `count` elements (any number; at most kWidth are written).
   GLU_HD void store(scalar_t* p, int64_t count) const {
     for (int i = 0; i < kStorages; ++i) {
       const int64_t n = std::clamp<int64_t>(count - i * Storage::size(), 0, Storage::size());
-      Storage raw;
-      if constexpr (kReduced) {
-        raw = at::vec::convert_from_float<scalar_t>(v[2 * i], v[2 * i + 1]);
-      } else {
-        raw = v[i];
-      }
       if (n == Storage::size()) {
-        raw.store(p + i * Storage::size());
+        get(i).store(p + i * Storage::size());
       } else if (n > 0) {
-        raw.store(p + i * Storage::size(), n);
+        get(i).store(p + i * Storage::size(), n);
       }
     }
+  }
+
+  GLU_HD void store_full(scalar_t* p) const {
+    for (int i = 0; i < kStorages; ++i) get(i).store(p + i * Storage::size());
   }
 };
 
@@ -83,19 +101,39 @@ struct PairLanes {
   L gate;
   L value;
 
+  // kFull: count is kWidth, and the loads need no bounds.
+  template <bool kFull>
+  GLU_HD static L load_lanes(const scalar_t* p, int64_t count) {
+    if constexpr (kFull) {
+      return L::load_full(p);
+    } else {
+      return L::load(p, count);
+    }
+  }
+
+  template <bool kFull>
+  GLU_HD static void store_lanes(const L& lanes, scalar_t* p, int64_t count) {
+    if constexpr (kFull) {
+      lanes.store_full(p);
+    } else {
+      lanes.store(p, count);
+    }
+  }
+
   // elem_stride 1: two separate stretches. elem_stride 2: one stretch of interleaved pairs,
   // split with deinterleave2; `gate_first` says whether gates sit at the even positions.
+  template <bool kFull>
   GLU_HD static PairLanes load(const scalar_t* g, const scalar_t* v, int64_t count, bool pairs) {
     PairLanes out;
     if (!pairs) {
-      out.gate = L::load(g, count);
-      out.value = L::load(v, count);
+      out.gate = load_lanes<kFull>(g, count);
+      out.value = load_lanes<kFull>(v, count);
       return out;
     }
     const bool gate_first = g < v;
     const scalar_t* base = gate_first ? g : v;
-    const L lo = L::load(base, 2 * count);
-    const L hi = L::load(base + L::kWidth, 2 * count - L::kWidth);
+    const L lo = load_lanes<kFull>(base, 2 * count);
+    const L hi = load_lanes<kFull>(base + L::kWidth, 2 * count - L::kWidth);
     L& first = gate_first ? out.gate : out.value;
     L& second = gate_first ? out.value : out.gate;
     deinterleave(lo, hi, first, second);
@@ -115,10 +153,11 @@ struct PairLanes {
   }
 
   // The inverse of load(): stores gate and value lanes back to their places.
+  template <bool kFull>
   GLU_HD void store(scalar_t* g, scalar_t* v, int64_t count, bool pairs) const {
     if (!pairs) {
-      gate.store(g, count);
-      value.store(v, count);
+      store_lanes<kFull>(gate, g, count);
+      store_lanes<kFull>(value, v, count);
       return;
     }
     const bool gate_first = g < v;
@@ -134,8 +173,8 @@ struct PairLanes {
       hi.v[j] = seq[L::K + j];
     }
     scalar_t* base = gate_first ? g : v;
-    lo.store(base, 2 * count);
-    hi.store(base + L::kWidth, 2 * count - L::kWidth);
+    store_lanes<kFull>(lo, base, 2 * count);
+    store_lanes<kFull>(hi, base + L::kWidth, 2 * count - L::kWidth);
   }
 };
 
@@ -159,6 +198,16 @@ void for_each_stretch(const PairLayout& layout, const Body& body) {
   });
 }
 
+// Calls block(std::true_type, done, kWidth) for the full blocks of a stretch of `count`
+// elements and block(std::false_type, done, n) for its tail; the tail runs the same vector
+// code on zero-padded lanes, so it gives bitwise what a full block would.
+template <int64_t kWidth, typename Block>
+GLU_HD void for_each_block_of(int64_t count, const Block& block) {
+  int64_t done = 0;
+  for (; done + kWidth <= count; done += kWidth) block(std::true_type{}, done, kWidth);
+  if (done < count) block(std::false_type{}, done, count - done);
+}
+
 template <typename scalar_t>
 ActParams<typename Lanes<scalar_t>::Compute> vector_params(const ActivationCall& op) {
   using C = typename Lanes<scalar_t>::Compute;
@@ -178,18 +227,19 @@ struct ForwardKernel {
     const auto* value = static_cast<const scalar_t*>(call.value);
     auto* out = static_cast<scalar_t*>(call.out);
     for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
-      const int64_t step = L::kWidth * in.elem_stride;
       const int64_t at = in.run_offset(run) + first * in.elem_stride;
       const scalar_t* g = gate + at;
       const scalar_t* v = value + at;
       scalar_t* y_out = out + run * in.run_len + first;
-      for (int64_t done = 0; done < count; done += L::kWidth, g += step, v += step) {
-        const int64_t n = std::min(L::kWidth, count - done);
-        const auto x = PairLanes<scalar_t>::load(g, v, n, pairs);
+      auto block = [&](auto full, int64_t done, int64_t n) {
+        constexpr bool kFull = decltype(full)::value;
+        const int64_t shift = done * in.elem_stride;
+        const auto x = PairLanes<scalar_t>::template load<kFull>(g + shift, v + shift, n, pairs);
         L y;
         for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], params);
-        y.store(y_out + done, n);
-      }
+        PairLanes<scalar_t>::template store_lanes<kFull>(y, y_out + done, n);
+      };
+      for_each_block_of<L::kWidth>(count, block);
     });
   }
 };
@@ -209,21 +259,23 @@ struct BackwardKernel {
     auto* grad_gate = static_cast<scalar_t*>(call.grad_gate);
     auto* grad_value = static_cast<scalar_t*>(call.grad_value);
     for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
-      const int64_t step = L::kWidth * in.elem_stride;
       const int64_t at = in.run_offset(run) + first * in.elem_stride;
       const int64_t grad_at = gin.run_offset(run) + first * in.elem_stride;
       const scalar_t* dy_in = grad_out + run * in.run_len + first;
-      for (int64_t done = 0; done < count; done += L::kWidth) {
-        const int64_t n = std::min(L::kWidth, count - done);
+      auto block = [&](auto full, int64_t done, int64_t n) {
+        constexpr bool kFull = decltype(full)::value;
         const int64_t shift = done * in.elem_stride;
-        const auto x = PairLanes<scalar_t>::load(gate + at + shift, value + at + shift, n, pairs);
-        const L dy = L::load(dy_in + done, n);
+        const auto x = PairLanes<scalar_t>::template load<kFull>(gate + at + shift,
+                                                                 value + at + shift, n, pairs);
+        const L dy = PairLanes<scalar_t>::template load_lanes<kFull>(dy_in + done, n);
         PairLanes<scalar_t> dx;
         for (int j = 0; j < L::K; ++j) {
           Math::backward(x.gate.v[j], x.value.v[j], dy.v[j], params, dx.gate.v[j], dx.value.v[j]);
         }
-        dx.store(grad_gate + grad_at + shift, grad_value + grad_at + shift, n, pairs);
-      }
+        dx.template store<kFull>(grad_gate + grad_at + shift, grad_value + grad_at + shift, n,
+                                 pairs);
+      };
+      for_each_block_of<L::kWidth>(count, block);
     });
   }
 };
