@@ -177,12 +177,12 @@ def _batch_first(tensors, in_dims, batch_size: int) -> list[torch.Tensor]:
 
 
 def _register_vmap(op, n_tensors: int, dim_arg: int | None, n_outputs: int) -> None:
-    # Batching rule: the batch dim goes first and the op runs once on the whole batch; a dim
-    # argument (non-negative, counted on the unbatched tensor) moves one place right.
+    # Batching rule: the batch dim goes first and the op runs once on the whole batch; a
+    # non-negative dim argument moves one place right (a negative one counts from the end).
     def rule(info, in_dims, *inputs):
         tensors = _batch_first(inputs[:n_tensors], in_dims[:n_tensors], info.batch_size)
         args = list(inputs[n_tensors:])
-        if dim_arg is not None:
+        if dim_arg is not None and args[dim_arg] >= 0:
             args[dim_arg] += 1
         out = op(*tensors, *args)
         return out, (0,) * n_outputs if n_outputs > 1 else 0
