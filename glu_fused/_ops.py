@@ -14,10 +14,10 @@ Two op families:
 The backward ops recompute the activation from the saved inputs: autograd saves only
 the inputs. Second-order gradients run through the differentiable reference.
 
-Forward-mode AD: custom ops cannot carry a jvp rule, so eager calls go through
-`FusedFunction`, an autograd.Function with a jvp (from the backward op's slopes) and a
-generated vmap rule; under torch.compile, which does not trace custom jvps, the op is
-called directly.
+Forward-mode AD: custom ops cannot carry a jvp rule, so calls made under forward-mode AD
+or a torch.func transform go through `FusedFunction`, an autograd.Function with a jvp
+(from the backward op's slopes) and a generated vmap rule; everywhere else (torch.compile
+included, which does not trace custom jvps) the op is called directly.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from . import reference
 
@@ -235,8 +236,21 @@ class FusedFunction(torch.autograd.Function):
         return family.tangent(slopes, tangents, ctx.args)
 
 
+def _forward_mode_possible() -> bool:
+    """Whether forward-mode AD or a torch.func transform may see this call."""
+    return (
+        forward_ad._current_level >= 0
+        or torch._C._functorch.peek_interpreter_stack() is not None
+    )
+
+
 def apply(family: OpFamily, *inputs) -> torch.Tensor:
-    """Runs family's forward op with autograd: the op itself when compiling, else FusedFunction."""
-    if torch.compiler.is_compiling():
+    """Runs family's forward op with autograd.
+
+    The op itself (its registered autograd) wherever it can: under torch.compile, and in
+    eager code outside forward-mode AD and torch.func transforms, where it costs half the
+    host time of an autograd.Function. FusedFunction where a jvp or vmap rule is needed.
+    """
+    if torch.compiler.is_compiling() or not _forward_mode_possible():
         return family.forward(*inputs)
     return FusedFunction.apply(family, *inputs)
