@@ -239,8 +239,7 @@ class FusedFunction(torch.autograd.Function):
 def _forward_mode_possible() -> bool:
     """Whether forward-mode AD or a torch.func transform may see this call."""
     return (
-        forward_ad._current_level >= 0
-        or torch._C._functorch.peek_interpreter_stack() is not None
+        forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
     )
 
 
