@@ -3,8 +3,9 @@
 Kept apart from setup.py so that tests can check the decisions without building.
 
 * CPU kernels: always. Compiled for one SIMD level of ATen's Vectorized: by default the
-  best this machine runs (as torch reports it), or $GLU_FUSED_CPU_CAPABILITY
-  (default, avx2, avx512) for a build meant for other machines.
+  best this machine runs (as torch reports it), capped at avx2, or
+  $GLU_FUSED_CPU_CAPABILITY (default, avx2, avx512). avx512 compiles but has not run on
+  an AVX-512 machine yet, so it is only built when asked for.
 * CUDA kernels: when csrc/cuda has kernels, nvcc is found and torch is a CUDA build
   (torch.version.cuda). Never decided from torch.cuda.is_available(): a machine without a
   GPU still compiles and links them. $GLU_FUSED_CUDA=0 turns them off, =1 makes their
@@ -68,6 +69,8 @@ def cpu_capability(torch_capability: str, environ=os.environ) -> str:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "default"
     here = torch_capability.lower()
+    if here == "avx512":
+        return "avx2"  # avx512: only when asked for, until it has been tested on such a CPU
     return here if here in CPU_CAPABILITIES else "default"
 
 

@@ -48,6 +48,9 @@ def test_cpu_capability_follows_torch_or_the_environment():
         == "default"
     )
     assert build_config.cpu_capability("NO AVX", environ={}) == "default"
+    assert build_config.cpu_capability("AVX512", environ={}) in ("avx2", "default")
+    avx512 = build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "avx512"})
+    assert avx512 == "avx512"
     with pytest.raises(ValueError, match="GLU_FUSED_CPU_CAPABILITY"):
         build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "sse9"})
 
