@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "../glu_dispatch.h"
 #include "../glu_kernels.h"
 #include "vec_math.h"
 
@@ -280,45 +281,17 @@ struct BackwardKernel {
   }
 };
 
-// Runs Kernel<activation, scalar_t>::run(call) for the call's activation and dtype.
-template <template <Activation, typename> class Kernel, Activation A, typename Call>
-void dispatch_dtype(const Call& call) {
-  switch (call.op.dtype) {
-    case ScalarKind::Half:
-      return Kernel<A, c10::Half>::run(call);
-    case ScalarKind::BFloat16:
-      return Kernel<A, c10::BFloat16>::run(call);
-    case ScalarKind::Float:
-      return Kernel<A, float>::run(call);
-    case ScalarKind::Double:
-      return Kernel<A, double>::run(call);
-  }
-  TORCH_CHECK(false, "glu_fused: unsupported dtype");
-}
-
-template <template <Activation, typename> class Kernel, typename Call>
-void dispatch(const Call& call) {
-  switch (call.op.activation) {
-    case Activation::Sigmoid:
-      return dispatch_dtype<Kernel, Activation::Sigmoid>(call);
-    case Activation::Silu:
-      return dispatch_dtype<Kernel, Activation::Silu>(call);
-    case Activation::Gelu:
-      return dispatch_dtype<Kernel, Activation::Gelu>(call);
-    case Activation::GeluTanh:
-      return dispatch_dtype<Kernel, Activation::GeluTanh>(call);
-    case Activation::Relu:
-      return dispatch_dtype<Kernel, Activation::Relu>(call);
-    case Activation::ClampedSilu:
-      return dispatch_dtype<Kernel, Activation::ClampedSilu>(call);
-  }
-  TORCH_CHECK(false, "glu_fused: unknown activation");
-}
+struct CpuTypes {
+  using Half = c10::Half;
+  using BFloat16 = c10::BFloat16;
+};
 
 }  // namespace
 
-void gated_forward_cpu(const ForwardCall& call) { dispatch<ForwardKernel>(call); }
+void gated_forward_cpu(const ForwardCall& call) { dispatch<ForwardKernel, CpuTypes>(call); }
 
-void gated_backward_cpu(const BackwardCall& call) { dispatch<BackwardKernel>(call); }
+void gated_backward_cpu(const BackwardCall& call) {
+  dispatch<BackwardKernel, CpuTypes>(call);
+}
 
 }  // namespace glu_fused
