@@ -3,10 +3,20 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: test install deps lint bench clean
+.PHONY: test test-cuda-emulated install deps lint bench clean
 
 test: install lint
 	$(PYTHON) -m pytest -q tests
+	$(MAKE) test-cuda-emulated
+
+# The suites' CPU cases again, with CPU tensors run through the CUDA kernels' thread code on
+# the host ($GLU_FUSED_EMULATE_CUDA): the CUDA paths' indexing, vectors and tails, without a GPU.
+EMULATED_SUITES := tests/test_numerics.py tests/test_extremes.py tests/test_determinism.py \
+	tests/test_autograd.py tests/test_cuda.py
+test-cuda-emulated:
+	@if $(PYTHON) -c "import sys, glu_fused._C as c; sys.exit(not c.WITH_CUDA)"; then \
+		GLU_FUSED_EMULATE_CUDA=1 $(PYTHON) -m pytest -q -k "cpu or emulation" $(EMULATED_SUITES); \
+	else echo "glu_fused was built without CUDA kernels: no emulated run"; fi
 
 # torch only if absent: where pip is capped at torch 2.14.1 that is the CUDA 13.0 build,
 # which lets the CUDA kernels compile without a GPU.

@@ -9,7 +9,8 @@ Kept apart from setup.py so that tests can check the decisions without building.
 * CUDA kernels: when csrc/cuda has kernels, nvcc is found and torch is a CUDA build
   (torch.version.cuda). Never decided from torch.cuda.is_available(): a machine without a
   GPU still compiles and links them. $GLU_FUSED_CUDA=0 turns them off, =1 makes their
-  absence an error. Architectures come from $TORCH_CUDA_ARCH_LIST, as torch reads it.
+  absence an error. Architectures come from $TORCH_CUDA_ARCH_LIST, as torch reads it;
+  unset, default_cuda_archs() chooses them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import glob
 import os
 import platform
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -37,8 +39,11 @@ _CPU_FLAGS = {
         "-DCPU_CAPABILITY_AVX512",
     ],
 }
-# Architectures built when $TORCH_CUDA_ARCH_LIST is unset: Ampere, Ada, Hopper (+PTX).
-DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+# Architectures built when $TORCH_CUDA_ARCH_LIST is unset: Ampere, Ada and Hopper always;
+# Blackwell (data centre, then consumer) where this nvcc has it; PTX of the newest built, so
+# that later GPUs can compile it at load.
+BASE_CUDA_ARCHS = ("8.0", "8.6", "8.9", "9.0")
+NEWER_CUDA_ARCHS = ("10.0", "12.0")
 
 
 def find_cuda_home(environ=os.environ) -> str | None:
@@ -72,6 +77,33 @@ def cpu_capability(torch_capability: str, environ=os.environ) -> str:
     if here == "avx512":
         return "avx2"  # avx512: only when asked for, until it has been tested on such a CPU
     return here if here in CPU_CAPABILITIES else "default"
+
+
+def nvcc_archs(cuda_home: str | None) -> set[str]:
+    """The compute capabilities this nvcc compiles for, as "9.0"; empty without nvcc."""
+    if cuda_home is None:
+        return set()
+    try:
+        listed = subprocess.run(
+            [os.path.join(cuda_home, "bin", "nvcc"), "--list-gpu-arch"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    archs = set()
+    for name in listed:  # compute_90
+        digits = name.removeprefix("compute_")
+        if digits.isdigit():
+            archs.add(f"{digits[:-1]}.{digits[-1]}")
+    return archs
+
+
+def default_cuda_archs(available: set[str]) -> str:
+    """$TORCH_CUDA_ARCH_LIST's default: the base architectures, the newer ones nvcc has."""
+    archs = [*BASE_CUDA_ARCHS, *(a for a in NEWER_CUDA_ARCHS if a in available)]
+    return ";".join(archs) + "+PTX"
 
 
 @dataclass

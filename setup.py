@@ -11,7 +11,10 @@ import build_config  # noqa: E402
 _cuda_home = build_config.find_cuda_home()
 if _cuda_home and not os.environ.get("CUDA_HOME"):
     os.environ["CUDA_HOME"] = _cuda_home
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", build_config.DEFAULT_CUDA_ARCHS)
+if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    os.environ["TORCH_CUDA_ARCH_LIST"] = build_config.default_cuda_archs(
+        build_config.nvcc_archs(_cuda_home)
+    )
 
 import torch  # noqa: E402
 from setuptools import setup  # noqa: E402

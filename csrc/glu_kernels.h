@@ -40,10 +40,15 @@ struct BackwardCall {
 void gated_forward_cpu(const ForwardCall& call);
 void gated_backward_cpu(const BackwardCall& call);
 
-// CUDA kernels join here (csrc/cuda/): built only when setup.py finds nvcc and a CUDA torch.
+// The CUDA kernels (csrc/cuda/), built when setup.py finds nvcc and a CUDA torch. `stream`
+// is a cudaStream_t; the result is the cudaError_t of the launch (0: cudaSuccess).
+// The *_emulated entry points run the same kernels' thread code serially on the host, over
+// CPU memory: the CUDA kernels' interpreter, for tests on machines without a GPU.
 #ifdef GLU_FUSED_WITH_CUDA
-void gated_forward_cuda(const ForwardCall& call, void* stream);
-void gated_backward_cuda(const BackwardCall& call, void* stream);
+int gated_forward_cuda(const ForwardCall& call, void* stream);
+int gated_backward_cuda(const BackwardCall& call, void* stream);
+void gated_forward_cuda_emulated(const ForwardCall& call);
+void gated_backward_cuda_emulated(const BackwardCall& call);
 #endif
 
 }  // namespace glu_fused

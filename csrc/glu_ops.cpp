@@ -150,34 +150,51 @@ bool rows_layout(const Tensor& t, PairLayout& layout) {
   TORCH_CHECK(false, "glu_fused: no kernels for device ", like.device());
 }
 
+// Switches read once, when the extension loads: set and not "0".
+bool env_flag(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && std::string_view(value) != "0";
+}
+
+// $GLU_FUSED_POISON_OUTPUTS: every result is filled with NaN before its kernel runs, so a test
+// sees any element a kernel forgets to write.
+const bool kPoisonOutputs = env_flag("GLU_FUSED_POISON_OUTPUTS");
+
 #ifdef GLU_FUSED_WITH_CUDA
+// $GLU_FUSED_EMULATE_CUDA: CPU tensors run the CUDA kernels' thread code on the host, block by
+// block, instead of the CPU kernels: how the CUDA kernels' paths are tested without a GPU.
+const bool kEmulateCuda = env_flag("GLU_FUSED_EMULATE_CUDA");
+
 // The device's guard is held while the kernel is queued on its current stream.
 template <typename Call>
-void launch_cuda(const Tensor& like, const Call& call, void (*kernel)(const Call&, void*)) {
+void launch_cuda(const Tensor& like, const Call& call, int (*kernel)(const Call&, void*)) {
   const c10::cuda::CUDAGuard guard(like.device());
-  kernel(call, c10::cuda::getCurrentCUDAStream().stream());
+  const auto error =
+      static_cast<cudaError_t>(kernel(call, c10::cuda::getCurrentCUDAStream().stream()));
+  TORCH_CHECK(error == cudaSuccess, "glu_fused: CUDA kernel launch failed: ",
+              cudaGetErrorString(error));
 }
+#else
+constexpr bool kEmulateCuda = false;
 #endif
 
 void launch(const Tensor& like, const ForwardCall& call) {
-  if (like.is_cpu()) return gated_forward_cpu(call);
 #ifdef GLU_FUSED_WITH_CUDA
   if (like.is_cuda()) return launch_cuda(like, call, gated_forward_cuda);
+  if (like.is_cpu() && kEmulateCuda) return gated_forward_cuda_emulated(call);
 #endif
+  if (like.is_cpu()) return gated_forward_cpu(call);
   no_kernels_for(like);
 }
 
 void launch(const Tensor& like, const BackwardCall& call) {
-  if (like.is_cpu()) return gated_backward_cpu(call);
 #ifdef GLU_FUSED_WITH_CUDA
   if (like.is_cuda()) return launch_cuda(like, call, gated_backward_cuda);
+  if (like.is_cpu() && kEmulateCuda) return gated_backward_cuda_emulated(call);
 #endif
+  if (like.is_cpu()) return gated_backward_cpu(call);
   no_kernels_for(like);
 }
-
-// With $GLU_FUSED_POISON_OUTPUTS set when the extension loads, every result is filled with
-// NaN before its kernel runs, so a test sees any element a kernel forgets to write.
-const bool kPoisonOutputs = std::getenv("GLU_FUSED_POISON_OUTPUTS") != nullptr;
 
 Tensor new_result(at::IntArrayRef shape, const Tensor& like) {
   Tensor out = at::empty(shape, like.options());
@@ -343,6 +360,7 @@ extern "C" PyObject* PyInit__C(void) {
   const long with_cuda = 0;
 #endif
   if (PyModule_AddIntConstant(module, "WITH_CUDA", with_cuda) < 0 ||
+      PyModule_AddIntConstant(module, "EMULATE_CUDA", glu_fused::kEmulateCuda ? 1 : 0) < 0 ||
       PyModule_AddStringConstant(module, "CPU_CAPABILITY", GLU_FUSED_CPU_CAPABILITY) < 0) {
     Py_DECREF(module);
     return nullptr;

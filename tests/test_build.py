@@ -88,6 +88,21 @@ def test_cuda_kernels_are_built_wherever_they_can_be():
     assert _C.WITH_CUDA, "nvcc and a CUDA torch are present but the CUDA kernels were not built"
 
 
+def test_default_cuda_archs_add_the_newer_ones_nvcc_has():
+    base = "8.0;8.6;8.9;9.0"
+    assert build_config.default_cuda_archs(set()) == base + "+PTX"
+    newer = {"7.5", "8.0", "9.0", "10.0", "12.0", "12.1"}
+    assert build_config.default_cuda_archs(newer) == base + ";10.0;12.0+PTX"
+
+
+def test_nvcc_archs_are_read_from_nvcc():
+    assert build_config.nvcc_archs(None) == set()
+    home = build_config.find_cuda_home()
+    if home is None:
+        pytest.skip("no nvcc on this machine")
+    assert {"8.0", "9.0"} <= build_config.nvcc_archs(home)
+
+
 def test_nvcc_is_found_where_installed():
     if shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"):
         pytest.skip("no nvcc on this machine")

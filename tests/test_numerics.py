@@ -59,6 +59,13 @@ CASES = {
     ),
     "expanded-rows": (lambda dt, dev: random_input((1, 2 * 24), dt, dev).expand(4, 48), -1),
     "expanded-inner": (lambda dt, dev: random_input((2 * 4, 1), dt, dev).expand(8, 6), 0),
+    # Halves of 16 bytes' multiples: the CUDA kernels' vector path, for every dtype.
+    "vector-rows": (lambda dt, dev: random_input((5, 2 * 64), dt, dev), -1),
+    # Rows longer than one block's part: several blocks per row, the last part ragged.
+    "vector-long-rows": (lambda dt, dev: random_input((3, 2 * 4104), dt, dev), -1),
+    "vector-middle-dim": (lambda dt, dev: random_input((3, 2 * 4, 16), dt, dev), 1),
+    # The first row starts aligned, the others do not (row stride 81): no vector path.
+    "odd-row-stride": (lambda dt, dev: _sliced((6, 2 * 40), dt, dev, 0, 1), -1),
     "empty-rows": (lambda dt, dev: random_input((0, 2 * 8), dt, dev), -1),
     "empty-split": (lambda dt, dev: random_input((4, 0), dt, dev), -1),
 }
@@ -112,6 +119,14 @@ GATED_CASES = {
     "misaligned": lambda dt, dev: (
         _offset_by_one((4, 21), dt, dev),
         _offset_by_one((4, 21), dt, dev),
+    ),
+    "vector-rows": lambda dt, dev: (
+        random_input((3, 4, 32), dt, dev),
+        random_input((3, 4, 32), dt, dev),
+    ),
+    "odd-row-stride": lambda dt, dev: (
+        _sliced((5, 16), dt, dev, 0, 1),
+        _sliced((5, 16), dt, dev, 0, 1),
     ),
     "empty": lambda dt, dev: (random_input((0, 5), dt, dev), random_input((0, 5), dt, dev)),
 }

@@ -1,0 +1,86 @@
+// The forward kernel: out[r, e] = act(gate(r, e)) * value(r, e), one pass, one launch.
+#include "glu_cuda.cuh"
+
+namespace glu_fused {
+namespace cuda {
+namespace {
+
+template <Activation A, typename scalar_t, typename Access>
+struct ForwardThread {
+  using E = Element<A, scalar_t>;
+  static constexpr int W = Access::kWidth;
+
+  Tiling tiling;
+  PairLayout in;
+  const scalar_t* gate;
+  const scalar_t* value;
+  scalar_t* out;
+  typename E::Params params;
+
+  GLU_HD void operator()(uint32_t block, uint32_t thread) const {
+    Stretch s;
+    if (!tiling.stretch(block, thread, W, s)) return;
+    const int64_t at = in.run_offset(s.run);
+    const int64_t es = in.elem_stride;
+    const scalar_t* g = gate + at;
+    const scalar_t* v = value + at;
+    scalar_t* y = out + s.run * in.run_len;
+    const bool gate_first = g < v;
+    using Scalar = ScalarAccess<scalar_t>;
+    typename Access::PairPacks xs[kItems];
+    for_each_item<W>(
+        s, [&](int u, int64_t e) { xs[u] = Access::load_pair(g, v, e, es); },
+        [&](int u, int64_t e) { finish<Access>(y, e, gate_first, xs[u]); },
+        [&](int64_t e) {
+          for (int64_t k = e; k < s.end; ++k) {
+            finish<Scalar>(y, k, gate_first, Scalar::load_pair(g, v, k, es));
+          }
+        });
+  }
+
+  // The outputs of one item from its staged inputs.
+  template <typename Acc>
+  GLU_HD void finish(scalar_t* y, int64_t e, bool gate_first,
+                     const typename Acc::PairPacks& x) const {
+    typename Acc::Dense result;
+#pragma unroll
+    for (int j = 0; j < Acc::kWidth; ++j) {
+      scalar_t gj, vj;
+      Acc::unpack(x, j, gate_first, gj, vj);
+      result.set(j, E::forward(gj, vj, params));
+    }
+    Acc::store_dense(y, e, result);
+  }
+};
+
+template <Activation A, typename scalar_t>
+struct Forward {
+  static int run(const ForwardCall& call, const Executor& exec) {
+    const auto* gate = static_cast<const scalar_t*>(call.gate);
+    const auto* value = static_cast<const scalar_t*>(call.value);
+    auto* out = static_cast<scalar_t*>(call.out);
+    const auto params = Element<A, scalar_t>::params(call.op);
+    const auto make = [&](const Tiling& tiling, auto access) {
+      return ForwardThread<A, scalar_t, decltype(access)>{tiling, call.in, gate, value, out, params};
+    };
+    const bool aligned = pair_aligned16(call.in, gate, value) &&
+                         runs_aligned(call.in, Pack<scalar_t>::kSize) &&
+                         dense_aligned16<scalar_t>(call.in, out);
+    return run_fastest_path<scalar_t>(exec, call.in, aligned, make);
+  }
+};
+
+}  // namespace
+}  // namespace cuda
+
+int gated_forward_cuda(const ForwardCall& call, void* stream) {
+  const cuda::Executor exec{static_cast<cudaStream_t>(stream), false};
+  return dispatch<cuda::Forward, cuda::CudaTypes>(call, exec);
+}
+
+void gated_forward_cuda_emulated(const ForwardCall& call) {
+  const cuda::Executor exec{nullptr, true};
+  dispatch<cuda::Forward, cuda::CudaTypes>(call, exec);
+}
+
+}  // namespace glu_fused

@@ -1,0 +1,139 @@
+"""What nvcc makes of the CUDA kernels, checked without a GPU.
+
+Each csrc/cuda/*.cu is compiled as the extension compiles it (torch's nvcc flags and
+build_config's), for the architectures the kernels are tuned for, with `-Xptxas -v` and the
+PTX kept. Every kernel must fit its registers (no spills, no stack frame, no local memory),
+and each 16-byte path kernel must move its data with 128-bit global loads and stores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+import torch.utils.cpp_extension as cpp_extension
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import build_config  # noqa: E402
+
+CUDA_HOME = build_config.find_cuda_home()
+KERNEL_SOURCES = build_config.cuda_sources()
+pytestmark = pytest.mark.skipif(
+    CUDA_HOME is None or not KERNEL_SOURCES, reason="no nvcc, or no CUDA kernels to compile"
+)
+
+ARCHS = ("sm_80", "sm_90")
+# The kernel templates' tag for the 16-byte path (the other is ScalarAccess).
+VECTOR_PATH = "12VectorAccess"
+
+
+@dataclass
+class Kernel:
+    name: str
+    registers: int = -1
+    stack_frame: int = -1
+    spill_stores: int = -1
+    spill_loads: int = -1
+    ptx: str = field(default="", repr=False)
+
+
+def nvcc_flags() -> list[str]:
+    plan = build_config.plan("13.0", "default", environ={**os.environ, "GLU_FUSED_CUDA": "1"})
+    return [
+        *cpp_extension.COMMON_NVCC_FLAGS,
+        *plan.nvcc_flags,
+        "-std=c++17",
+        f"-I{build_config.CSRC}",
+    ]
+
+
+def parse_ptxas(log: str) -> dict[str, Kernel]:
+    """ptxas -v's report: per entry, its registers, stack frame and spills."""
+    kernels: dict[str, Kernel] = {}
+    current = None
+    for line in log.splitlines():
+        if m := re.search(r"Function properties for (\S+)", line):
+            current = kernels.setdefault(m[1], Kernel(m[1]))
+        elif m := re.search(
+            r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line
+        ):
+            current.stack_frame, current.spill_stores, current.spill_loads = map(int, m.groups())
+        elif m := re.search(r"Used (\d+) registers", line):
+            current.registers = int(m[1])
+    return kernels
+
+
+def split_ptx(ptx: str) -> dict[str, str]:
+    """Each .entry's name and body."""
+    bodies = {}
+    for chunk in re.split(r"^(?=(?:\.visible )?\.entry )", ptx, flags=re.M)[1:]:
+        name = re.match(r"(?:\.visible )?\.entry (\S+?)\(", chunk)[1]
+        bodies[name] = chunk
+    return bodies
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def kernels(request, tmp_path_factory) -> dict[str, Kernel]:
+    """Every kernel of every .cu file, compiled for one architecture."""
+    arch = request.param
+    out = tmp_path_factory.mktemp(arch)
+    found: dict[str, Kernel] = {}
+    for source in KERNEL_SOURCES:
+        stem = os.path.splitext(os.path.basename(source))[0]
+        run = subprocess.run(
+            [
+                os.path.join(CUDA_HOME, "bin", "nvcc"),
+                f"-arch={arch}",
+                "-cubin",
+                "-Xptxas",
+                "-v",
+                "--keep",
+                f"--keep-dir={out}",
+                *nvcc_flags(),
+                source,
+                "-o",
+                str(out / f"{stem}.cubin"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, f"nvcc failed on {source}:\n{run.stderr[-4000:]}"
+        report = parse_ptxas(run.stderr)
+        ptx = split_ptx((out / f"{stem}.ptx").read_text())
+        assert report.keys() == ptx.keys(), "ptxas's report and the PTX name different kernels"
+        for name, kernel in report.items():
+            kernel.ptx = ptx[name]
+        found.update(report)
+    return found
+
+
+def test_every_entry_point_is_compiled(kernels):
+    # Forward and backward, each: 6 activations x 4 dtypes x 3 paths (scalar, halves, pairs).
+    assert len(kernels) == 2 * 6 * 4 * 3
+    for kernel in kernels.values():
+        assert kernel.registers > 0 and kernel.stack_frame >= 0, kernel.name
+
+
+def test_no_kernel_spills_or_uses_local_memory(kernels):
+    for kernel in kernels.values():
+        what = f"{kernel.name}: {kernel.registers} registers"
+        assert kernel.spill_stores == 0 and kernel.spill_loads == 0, f"{what} spill"
+        assert kernel.stack_frame == 0, f"{what}, {kernel.stack_frame} bytes of stack frame"
+        assert ".local" not in kernel.ptx, f"{what} use local memory"
+
+
+def test_vector_paths_move_data_in_128_bit_accesses(kernels):
+    vector = [k for k in kernels.values() if VECTOR_PATH in k.name]
+    assert len(vector) == 2 * len(kernels) // 3
+    for kernel in vector:
+        assert re.search(r"ld\.global\.nc\.v4\.(u|b)32", kernel.ptx), (
+            f"{kernel.name}: no 128-bit load"
+        )
+        assert re.search(r"st\.global(\.wb)?\.v4\.(u|b)32", kernel.ptx), (
+            f"{kernel.name}: no 128-bit store"
+        )
