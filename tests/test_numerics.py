@@ -66,6 +66,8 @@ CASES = {
     "vector-middle-dim": (lambda dt, dev: random_input((3, 2 * 4, 16), dt, dev), 1),
     # The first row starts aligned, the others do not (row stride 81): no vector path.
     "odd-row-stride": (lambda dt, dev: _sliced((6, 2 * 40), dt, dev, 0, 1), -1),
+    # Split along a middle dim: runs of 16 aligned elements, but 17 apart: no vector path.
+    "odd-run-stride": (lambda dt, dev: _sliced((2, 2 * 4, 16), dt, dev, 0, 1), 1),
     "empty-rows": (lambda dt, dev: random_input((0, 2 * 8), dt, dev), -1),
     "empty-split": (lambda dt, dev: random_input((4, 0), dt, dev), -1),
 }

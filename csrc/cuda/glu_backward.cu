@@ -88,11 +88,9 @@ struct Backward {
       return BackwardThread<A, scalar_t, decltype(access)>{
           tiling, call.in, call.grad_in, gate, value, grad_out, grad_gate, grad_value, params};
     };
-    constexpr int64_t width = Pack<scalar_t>::kSize;
     const bool aligned = call.in.elem_stride == call.grad_in.elem_stride &&
-                         pair_aligned16(call.in, gate, value) && runs_aligned(call.in, width) &&
-                         pair_aligned16(call.grad_in, grad_gate, grad_value) &&
-                         runs_aligned(call.grad_in, width) &&
+                         pairs_aligned16<scalar_t>(call.in, gate, value) &&
+                         pairs_aligned16<scalar_t>(call.grad_in, grad_gate, grad_value) &&
                          dense_aligned16<scalar_t>(call.in, grad_out);
     return run_fastest_path<scalar_t>(exec, call.in, aligned, make);
   }

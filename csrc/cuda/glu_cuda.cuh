@@ -172,8 +172,9 @@ GLU_HD void store_pack(scalar_t* p, const Pack<scalar_t>& pack) {
 // pair in memory.
 //
 // VectorAccess: one 16-byte access per tensor. Taken only where every run starts 16-byte
-// aligned in every tensor (runs_aligned and the *_aligned16 checks). kPairs: the interleaved layout, where gate
-// and value alternate: 2 * kWidth elements are read as two packs and split in registers.
+// aligned in every tensor (pairs_aligned16, dense_aligned16). kPairs: the interleaved
+// layout, where gate and value alternate: 2 * kWidth elements are read as two packs and
+// split in registers.
 template <typename scalar_t, bool kPairs>
 struct VectorAccess {
   using Dense = Pack<scalar_t>;
@@ -280,28 +281,25 @@ struct ScalarAccess {
   GLU_HD static void store_dense(scalar_t* p, int64_t e, const Dense& d) { p[e] = d.x; }
 };
 
-// Whether a layout's runs all start a multiple of `width` elements after its first element.
-inline bool runs_aligned(const PairLayout& layout, int64_t width) {
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Whether every run of a layout starts its pairs (gate, value) on 16-byte boundaries: the
+// first pair is aligned (with elem_stride 2, the one of gate and value that comes first in
+// memory; otherwise each alone) and runs start a whole number of packs apart.
+template <typename scalar_t>
+bool pairs_aligned16(const PairLayout& layout, const void* gate, const void* value) {
+  constexpr int64_t width = Pack<scalar_t>::kSize;
+  const bool first = layout.elem_stride == 2 ? aligned16(gate < value ? gate : value)
+                                             : aligned16(gate) && aligned16(value);
   const bool several_per_outer = layout.runs_per_outer > 1;
   const bool several_outers = layout.runs > layout.runs_per_outer;
-  return (!several_per_outer || layout.run_stride % width == 0) &&
+  return first && (!several_per_outer || layout.run_stride % width == 0) &&
          (!several_outers || layout.outer_stride % width == 0);
 }
 
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-// The first element of the pairs (gate, value) of a layout: with kPairs, the one of the two
-// that comes first in memory; otherwise each is checked alone.
-inline bool pair_aligned16(const PairLayout& layout, const void* gate, const void* value) {
-  if (layout.elem_stride == 2) {
-    return aligned16(gate < value ? gate : value);
-  }
-  return aligned16(gate) && aligned16(value);
-}
-
-// Vector path: every run of every tensor starts on a 16-byte boundary. The dense tensors'
-// runs are rows of run_len elements; with a single run, its length is free (the partial
-// vector at its end takes the scalar path).
+// Whether every run of a dense tensor (rows of run_len elements) starts on a 16-byte
+// boundary; with a single run, its length is free (the partial vector at its end takes the
+// scalar path).
 template <typename scalar_t>
 bool dense_aligned16(const PairLayout& layout, const void* p) {
   constexpr int64_t width = Pack<scalar_t>::kSize;

@@ -63,8 +63,7 @@ struct Forward {
     const auto make = [&](const Tiling& tiling, auto access) {
       return ForwardThread<A, scalar_t, decltype(access)>{tiling, call.in, gate, value, out, params};
     };
-    const bool aligned = pair_aligned16(call.in, gate, value) &&
-                         runs_aligned(call.in, Pack<scalar_t>::kSize) &&
+    const bool aligned = pairs_aligned16<scalar_t>(call.in, gate, value) &&
                          dense_aligned16<scalar_t>(call.in, out);
     return run_fastest_path<scalar_t>(exec, call.in, aligned, make);
   }
