@@ -12,7 +12,7 @@ test: install lint
 # The suites' CPU cases again, with CPU tensors run through the CUDA kernels' thread code on
 # the host ($GLU_FUSED_EMULATE_CUDA): the CUDA paths' indexing, vectors and tails, without a GPU.
 EMULATED_SUITES := tests/test_numerics.py tests/test_extremes.py tests/test_determinism.py \
-	tests/test_autograd.py tests/test_cuda.py
+	tests/test_autograd.py tests/test_gpu.py
 test-cuda-emulated:
 	@if $(PYTHON) -c "import sys, glu_fused._C as c; sys.exit(not c.WITH_CUDA)"; then \
 		GLU_FUSED_EMULATE_CUDA=1 $(PYTHON) -m pytest -q -k "cpu or emulation" $(EMULATED_SUITES); \
@@ -22,6 +22,7 @@ test-cuda-emulated:
 # which lets the CUDA kernels compile without a GPU.
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
+	@$(PYTHON) -c "import triton" 2>/dev/null || $(PIP) install triton
 	$(PIP) install -q "setuptools>=64" wheel ninja "pytest>=7" numpy expecttest ruff
 
 # Against the installed torch (no build isolation: the extension must match it).

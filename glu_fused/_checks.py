@@ -60,15 +60,20 @@ def check_activation(activation: str) -> None:
         )
 
 
+def check_same(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
+    """a and b have one shape, dtype and device."""
+    for what, x, y in (
+        ("shape", tuple(a.shape), tuple(b.shape)),
+        ("dtype", a.dtype, b.dtype),
+        ("device", a.device, b.device),
+    ):
+        if x != y:
+            raise ValueError(
+                f"glu_fused: {a_name} and {b_name} must have the same {what}, got {x} and {y}"
+            )
+
+
 def check_gate_value(gate: torch.Tensor, value: torch.Tensor) -> None:
     check_dtype(gate, "gate")
     check_dtype(value, "value")
-    for what, a, b in (
-        ("shape", tuple(gate.shape), tuple(value.shape)),
-        ("dtype", gate.dtype, value.dtype),
-        ("device", gate.device, value.device),
-    ):
-        if a != b:
-            raise ValueError(
-                f"glu_fused: gate and value must have the same {what}, got {a} and {b}"
-            )
+    check_same(gate, value, "gate", "value")

@@ -1,7 +1,9 @@
 """The fused ops as `torch.library` operators, and their autograd.
 
 Schemas are defined here, once, whether or not the compiled extension is present; the
-extension (glu_fused._C) implements them per device with TORCH_LIBRARY_IMPL. Each op has a
+extension (glu_fused._C) implements them per device with TORCH_LIBRARY_IMPL. The Triton
+backend defines the same four ops again under a `triton_` prefix (`define_families`) and
+implements those in Python. Each op has a
 fake implementation (shapes for torch.compile and meta tensors), an autograd formula and a
 vmap rule, so it passes `torch.library.opcheck` and stays one node under torch.compile.
 
@@ -32,18 +34,6 @@ import torch.autograd.forward_ad as forward_ad
 from . import reference
 
 _lib = torch.library.Library("glu_fused", "DEF")
-_lib.define(
-    "glu_forward(Tensor x, int dim, str function, bool interleaved, float alpha, "
-    "float limit) -> Tensor"
-)
-_lib.define(
-    "glu_backward(Tensor grad_out, Tensor x, int dim, str function, bool interleaved, "
-    "float alpha, float limit) -> Tensor"
-)
-_lib.define("gated_forward(Tensor gate, Tensor value, str activation) -> Tensor")
-_lib.define(
-    "gated_backward(Tensor grad_out, Tensor gate, Tensor value, str activation) -> (Tensor, Tensor)"
-)
 
 
 @dataclass(frozen=True)
@@ -91,47 +81,6 @@ def _packed_tangent(slopes, tangents, args):
 
 def _gated_tangent(slopes, tangents, args):
     return slopes[0] * tangents[0] + slopes[1] * tangents[1]
-
-
-PACKED = OpFamily(
-    forward=torch.ops.glu_fused.glu_forward.default,
-    backward=torch.ops.glu_fused.glu_backward.default,
-    reference=reference.packed,
-    n_tensors=1,
-    dim_arg=0,
-    tangent=_packed_tangent,
-)
-GATED = OpFamily(
-    forward=torch.ops.glu_fused.gated_forward.default,
-    backward=torch.ops.glu_fused.gated_backward.default,
-    reference=reference.gated_unchecked,
-    n_tensors=2,
-    dim_arg=None,
-    tangent=_gated_tangent,
-)
-
-
-# Fake implementations: the result is contiguous, with dim halved for the packed ops.
-@torch.library.register_fake("glu_fused::glu_forward", lib=_lib)
-def _glu_forward_fake(x, dim, function, interleaved, alpha, limit):
-    shape = list(x.shape)
-    shape[dim] //= 2
-    return x.new_empty(shape)
-
-
-@torch.library.register_fake("glu_fused::glu_backward", lib=_lib)
-def _glu_backward_fake(grad_out, x, dim, function, interleaved, alpha, limit):
-    return x.new_empty(x.shape)
-
-
-@torch.library.register_fake("glu_fused::gated_forward", lib=_lib)
-def _gated_forward_fake(gate, value, activation):
-    return gate.new_empty(gate.shape)
-
-
-@torch.library.register_fake("glu_fused::gated_backward", lib=_lib)
-def _gated_backward_fake(grad_out, gate, value, activation):
-    return gate.new_empty(gate.shape), gate.new_empty(gate.shape)
 
 
 def _register_autograd(family: OpFamily) -> None:
@@ -191,10 +140,81 @@ def _register_vmap(op, n_tensors: int, dim_arg: int | None, n_outputs: int) -> N
     torch.library.register_vmap(op, rule, lib=_lib)
 
 
-for _family, _n_outputs in ((PACKED, 1), (GATED, 2)):
-    _register_autograd(_family)
-    _register_vmap(_family.forward, _family.n_tensors, _family.dim_arg, 1)
-    _register_vmap(_family.backward, _family.n_tensors + 1, _family.dim_arg, _n_outputs)
+def define_families(prefix: str = "") -> tuple[OpFamily, OpFamily]:
+    """Defines the four ops under glu_fused::{prefix}*, with their fake implementations,
+    autograd and vmap rules, and returns (packed family, gated family).
+
+    The extension implements the unprefixed ops per device in C++; another backend (Triton)
+    defines its own prefixed ops, so that both can be built into one process.
+    """
+    names = {
+        op: f"{prefix}{op}"
+        for op in ("glu_forward", "glu_backward", "gated_forward", "gated_backward")
+    }
+    _lib.define(
+        f"{names['glu_forward']}(Tensor x, int dim, str function, bool interleaved, "
+        "float alpha, float limit) -> Tensor"
+    )
+    _lib.define(
+        f"{names['glu_backward']}(Tensor grad_out, Tensor x, int dim, str function, "
+        "bool interleaved, float alpha, float limit) -> Tensor"
+    )
+    _lib.define(f"{names['gated_forward']}(Tensor gate, Tensor value, str activation) -> Tensor")
+    _lib.define(
+        f"{names['gated_backward']}(Tensor grad_out, Tensor gate, Tensor value, "
+        "str activation) -> (Tensor, Tensor)"
+    )
+
+    # Fake implementations: the result is contiguous, with dim halved for the packed ops.
+    def glu_forward_fake(x, dim, function, interleaved, alpha, limit):
+        shape = list(x.shape)
+        shape[dim] //= 2
+        return x.new_empty(shape)
+
+    def glu_backward_fake(grad_out, x, dim, function, interleaved, alpha, limit):
+        return x.new_empty(x.shape)
+
+    def gated_forward_fake(gate, value, activation):
+        return gate.new_empty(gate.shape)
+
+    def gated_backward_fake(grad_out, gate, value, activation):
+        return gate.new_empty(gate.shape), gate.new_empty(gate.shape)
+
+    fakes = {
+        "glu_forward": glu_forward_fake,
+        "glu_backward": glu_backward_fake,
+        "gated_forward": gated_forward_fake,
+        "gated_backward": gated_backward_fake,
+    }
+    for op, fake in fakes.items():
+        torch.library.register_fake(f"glu_fused::{names[op]}", fake, lib=_lib)
+
+    ops = torch.ops.glu_fused
+    packed = OpFamily(
+        forward=getattr(ops, names["glu_forward"]).default,
+        backward=getattr(ops, names["glu_backward"]).default,
+        reference=reference.packed,
+        n_tensors=1,
+        dim_arg=0,
+        tangent=_packed_tangent,
+    )
+    gated = OpFamily(
+        forward=getattr(ops, names["gated_forward"]).default,
+        backward=getattr(ops, names["gated_backward"]).default,
+        reference=reference.gated_unchecked,
+        n_tensors=2,
+        dim_arg=None,
+        tangent=_gated_tangent,
+    )
+    for family, n_outputs in ((packed, 1), (gated, 2)):
+        _register_autograd(family)
+        _register_vmap(family.forward, family.n_tensors, family.dim_arg, 1)
+        _register_vmap(family.backward, family.n_tensors + 1, family.dim_arg, n_outputs)
+    return packed, gated
+
+
+# The extension's ops (glu_fused::glu_forward, ...): glu_fused._C implements them per device.
+PACKED, GATED = define_families()
 
 
 class FusedFunction(torch.autograd.Function):

@@ -11,6 +11,11 @@ os.environ.setdefault("GLU_FUSED_POISON_OUTPUTS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without a GPU, the Triton backend runs CPU tensors through Triton's interpreter, which
+# must be chosen before triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import glu_fused  # noqa: E402
 from glu_fused import reference  # noqa: E402
 
@@ -56,7 +61,17 @@ def backend_params(names=("cpu", "cuda", "triton", "reference")):
 
 
 def device_of(backend: str) -> str:
-    return "cuda" if backend in ("cuda", "triton") else "cpu"
+    """The device of a backend's test tensors: the Triton backend's are on the CPU where it
+    runs in the interpreter."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def ops_of(backend: str):
+    """(packed, gated) op families of a backend whose kernels are torch.library ops."""
+    b = glu_fused.backends.BACKENDS[backend]
+    return b.packed_family, b.gated_family
 
 
 def fused(name: str):

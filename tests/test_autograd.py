@@ -13,6 +13,7 @@ from conftest import (
     backend_params,
     device_of,
     fused,
+    ops_of,
     random_input,
     ref,
 )
@@ -159,7 +160,7 @@ def test_empty_tensor_gives_empty_result_and_gradient(backend):
 def test_vmap_of_the_op_itself_with_any_dim(backend, dim):
     """The ops' batching rule also serves direct callers, whose dim may be negative."""
     x = _x(backend, (3, 4, 6)).detach()
-    op = torch.ops.glu_fused.glu_forward.default
+    op = ops_of(backend)[0].forward
     out = torch.func.vmap(lambda a: op(a, dim, "swiglu", False, 1.702, 7.0))(x)
     want = torch.stack([reference.swiglu(x[i], dim) for i in range(3)])
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)

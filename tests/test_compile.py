@@ -13,6 +13,7 @@ from conftest import (
     backend_params,
     device_of,
     fused,
+    ops_of,
     random_input,
 )
 
@@ -42,24 +43,26 @@ def _opcheck(op, args):
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 def test_opcheck_packed_ops(backend, function, layout, dtype):
     dev = device_of(backend)
+    packed, _ = ops_of(backend)
     interleaved = layout == "interleaved"
     for shape, dim in (((3, 10), 1), ((4, 2, 3), 0)):
         x = random_input(shape, dtype, dev).requires_grad_()
         args = (dim, function, interleaved, 1.702, 7.0)
-        _opcheck(torch.ops.glu_fused.glu_forward.default, (x, *args))
+        _opcheck(packed.forward, (x, *args))
         out_shape = list(shape)
         out_shape[dim] //= 2
         grad = random_input(out_shape, dtype, dev).requires_grad_()
-        _opcheck(torch.ops.glu_fused.glu_backward.default, (grad, x, *args))
+        _opcheck(packed.backward, (grad, x, *args))
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 def test_opcheck_gated_ops(backend, activation):
     dev = device_of(backend)
+    _, gated = ops_of(backend)
     g, v, dy = (random_input((3, 7), torch.float64, dev).requires_grad_() for _ in range(3))
-    _opcheck(torch.ops.glu_fused.gated_forward.default, (g, v, activation))
-    _opcheck(torch.ops.glu_fused.gated_backward.default, (dy, g, v, activation))
+    _opcheck(gated.forward, (g, v, activation))
+    _opcheck(gated.backward, (dy, g, v, activation))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -98,9 +101,10 @@ def test_compile_keeps_the_fused_op_in_the_graph(backend):
         torch.compile(lambda a, b: glu_fused.gated(a, b, "gelu"), fullgraph=True, backend=capture)(
             g, v
         )
-    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
-    assert "glu_fused.glu_forward.default" in targets, targets
-    assert "glu_fused.gated_forward.default" in targets, targets
+    targets = [n.target for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    packed, gated = ops_of(backend)
+    assert packed.forward in targets, targets
+    assert gated.forward in targets, targets
 
 
 def test_compile_gated_mlp_fullgraph():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import backend_params, device_of
+from conftest import backend_params, device_of, ops_of
 
 import glu_fused
 
@@ -81,23 +81,31 @@ def test_non_floating_gated(backend):
         glu_fused.gated(t, t)
 
 
-@pytest.mark.parametrize("backend_name", backend_params(("cpu",)))
+@pytest.mark.parametrize("backend_name", backend_params(("cpu", "cuda", "triton")))
 def test_ops_called_directly_check_their_arguments(backend_name):
-    """The compiled ops raise the same errors for callers that bypass the Python API."""
-    ops = torch.ops.glu_fused
-    x = torch.randn(4, 7)
+    """The backends' ops raise the same errors for callers that bypass the Python API."""
+    packed, gated = ops_of(backend_name)
+    forward = packed.forward
+
+    def t(*shape, dtype=torch.float32):
+        return torch.ones(shape, dtype=dtype, device=device_of(backend_name))
+
     with pytest.raises(ValueError, match="must be even"):
-        ops.glu_forward(x, 1, "swiglu", False, 1.702, 7.0)
+        forward(t(4, 7), 1, "swiglu", False, 1.702, 7.0)
     with pytest.raises(ValueError, match="out of range"):
-        ops.glu_forward(torch.randn(4, 8), 2, "swiglu", False, 1.702, 7.0)
+        forward(t(4, 8), 2, "swiglu", False, 1.702, 7.0)
     with pytest.raises(ValueError, match="unknown function"):
-        ops.glu_forward(torch.randn(4, 8), 1, "swish", False, 1.702, 7.0)
+        forward(t(4, 8), 1, "swish", False, 1.702, 7.0)
     with pytest.raises(TypeError, match="float16, bfloat16"):
-        ops.glu_forward(torch.ones(4, 8, dtype=torch.int32), 1, "swiglu", False, 1.702, 7.0)
+        forward(t(4, 8, dtype=torch.int32), 1, "swiglu", False, 1.702, 7.0)
     with pytest.raises(ValueError, match="same shape"):
-        ops.gated_forward(torch.randn(2, 3), torch.randn(3, 2), "silu")
+        gated.forward(t(2, 3), t(3, 2), "silu")
+    with pytest.raises(ValueError, match="unknown activation"):
+        gated.forward(t(2, 3), t(2, 3), "swish")
     with pytest.raises(ValueError, match="grad_out has shape"):
-        ops.glu_backward(torch.randn(4, 3), torch.randn(4, 8), 1, "swiglu", False, 1.702, 7.0)
+        packed.backward(t(4, 3), t(4, 8), 1, "swiglu", False, 1.702, 7.0)
+    with pytest.raises(ValueError, match="grad_out and gate must have the same shape"):
+        gated.backward(t(2, 2), t(2, 3), t(2, 3), "silu")
 
 
 def test_forced_backend_that_cannot_run_says_why():

@@ -10,6 +10,10 @@ from conftest import FUNCTION_IDS, FUNCTIONS, backend_params, fused, random_inpu
 
 import glu_fused
 
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA allocator's statistics need a GPU"
+)
+
 
 def _peak_of_step(fn, kwargs, x, grad):
     torch.cuda.synchronize()

@@ -6,6 +6,8 @@ from typing import Protocol
 
 import torch
 
+from .. import _ops
+
 
 class Backend(Protocol):
     name: str
@@ -29,3 +31,18 @@ class Backend(Protocol):
 
     def gated(self, gate: torch.Tensor, value: torch.Tensor, activation: str) -> torch.Tensor:
         """act(gate) * value, arguments checked."""
+
+
+class OpsBackend:
+    """A backend whose kernels are implementations of a pair of torch.library op families
+    (_ops.define_families): the ops carry autograd, vmap and torch.compile support."""
+
+    name: str
+    packed_family: _ops.OpFamily
+    gated_family: _ops.OpFamily
+
+    def packed(self, x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
+        return _ops.apply(self.packed_family, x, dim, function, interleaved, alpha, limit)
+
+    def gated(self, gate, value, activation) -> torch.Tensor:
+        return _ops.apply(self.gated_family, gate, value, activation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ops
+from .base import OpsBackend
 
 # The extension registers its kernels into the ops of _ops when it is imported.
 try:
@@ -53,9 +54,10 @@ _CPU_REASON = _cpu_reason()
 _CUDA_REASON = _cuda_reason()
 
 
-class _ExtensionBackend:
-    name: str
+class _ExtensionBackend(OpsBackend):
     device_type: str
+    packed_family = _ops.PACKED
+    gated_family = _ops.GATED
 
     def unsupported_reason(self, device: torch.device) -> str | None:
         if device.type != self.device_type:
@@ -64,12 +66,6 @@ class _ExtensionBackend:
                 f"got a {device.type} tensor"
             )
         return None
-
-    def packed(self, x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
-        return _ops.apply(_ops.PACKED, x, dim, function, interleaved, alpha, limit)
-
-    def gated(self, gate, value, activation) -> torch.Tensor:
-        return _ops.apply(_ops.GATED, gate, value, activation)
 
 
 class CpuBackend(_ExtensionBackend):

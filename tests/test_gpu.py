@@ -1,7 +1,8 @@
-"""What only a GPU can show of the "cuda" backend: streams, devices, tensors past 2^31
-elements. Its numerics run in the shared suites (test_numerics, test_extremes, ...), which
-take every backend; on a machine without a GPU, `make test` runs those suites a second
-time with $GLU_FUSED_EMULATE_CUDA, over the same kernels' thread code on the host."""
+"""What only a GPU can show of the GPU backends ("cuda", "triton"): streams, devices,
+tensors past 2^31 elements. Their numerics run in the shared suites (test_numerics,
+test_extremes, ...), which take every backend. Without a GPU, those suites run the Triton
+kernels in Triton's interpreter, and `make test` runs them a second time with
+$GLU_FUSED_EMULATE_CUDA, over the CUDA kernels' thread code on the host."""
 
 from __future__ import annotations
 
@@ -14,8 +15,21 @@ from conftest import assert_matches, backend_params, random_input
 import glu_fused
 from glu_fused import _C, reference
 
-CUDA = backend_params(("cuda",))
-needs_gpu = pytest.mark.parametrize("backend", CUDA)
+# Each GPU backend, skipped without a GPU (the interpreter's Triton runs CPU tensors).
+needs_gpu = pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(
+            p.values[0],
+            marks=[
+                *p.marks,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+            ],
+            id=p.id,
+        )
+        for p in backend_params(("cuda", "triton"))
+    ],
+)
 
 
 def _free_gpu_bytes() -> int:

@@ -1,0 +1,230 @@
+"""The Triton kernels, forward and backward, and how they are launched.
+
+One program computes a tile of BLOCK_R runs by BLOCK_E outputs of a PairLayout (layout.py):
+it loads the tile's gates and values (for interleaved pairs, one contiguous tile of
+2 * BLOCK_E elements per run, split in registers), computes in float32 (float64 for
+float64) and rounds once to the tensor's dtype. Masked lanes at the end of a run or past
+the last run compute the same per-element code as full tiles, so every element's result is
+bitwise the same wherever it lies.
+
+Offsets of rows are 64-bit; offsets inside a run are 32-bit unless a run is so long that
+they could overflow (WIDE).
+
+Tile sizes, a heuristic rather than autotuning (an autotuned choice would have to be
+measured on every shape, and the interpreter cannot time anything):
+  * a tile holds TILE = 4096 outputs: with 8 warps, 16 per thread, so that each thread
+    issues two or more 16-byte loads per tensor and a 64 MiB input still makes thousands
+    of programs for 132 SMs;
+  * BLOCK_E is the run length rounded up to a power of two, at most TILE; short runs are
+    stacked BLOCK_R = TILE / BLOCK_E to a tile, so a tile is never mostly masked;
+  * warps: one per 512 outputs of the tile, 1 to 8.
+"""
+
+import triton
+import triton.language as tl
+
+from . import math as m
+
+TILE = 4096
+OUTPUTS_PER_WARP = 512
+MAX_WARPS = 8
+
+
+@triton.jit
+def _param(p, COMPUTE: tl.constexpr):
+    """A float64 scalar argument in the compute type, rounded once. (The interpreter passes
+    it as a Python float, which tl.cast would first round to float32.)"""
+    return (p * tl.full([], 1, COMPUTE)).to(COMPUTE)
+
+
+@triton.jit
+def _tile_origin(run_len, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, WIDE: tl.constexpr):
+    """This program's runs (int64) and the first output of its part of them."""
+    pid = tl.program_id(0)
+    parts = tl.cdiv(run_len, BLOCK_E)
+    group = pid // parts
+    part = pid - group * parts
+    rows = group.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if WIDE:
+        start = part.to(tl.int64) * BLOCK_E
+    else:
+        start = part * BLOCK_E
+    return rows, start
+
+
+@triton.jit
+def _run_offsets(rows, runs_per_outer, outer_stride, run_stride):
+    return (rows // runs_per_outer) * outer_stride + (rows % runs_per_outer) * run_stride
+
+
+@triton.jit
+def _load_pairs(
+    g_ptr,
+    v_ptr,
+    offsets,
+    row_mask,
+    start,
+    run_len,
+    PAIRS: tl.constexpr,
+    GATE_FIRST: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    """The tile's gates and values, [BLOCK_R, BLOCK_E] each, as stored."""
+    if PAIRS:
+        if GATE_FIRST:
+            first_ptr = g_ptr
+        else:
+            first_ptr = v_ptr
+        cols = 2 * start + tl.arange(0, 2 * BLOCK_E)
+        mask = row_mask[:, None] & (cols < 2 * run_len)[None, :]
+        both = tl.load(first_ptr + offsets[:, None] + cols[None, :], mask=mask, other=0.0)
+        first, second = tl.split(tl.reshape(both, (BLOCK_R, BLOCK_E, 2)))
+        if GATE_FIRST:
+            g = first
+            v = second
+        else:
+            g = second
+            v = first
+    else:
+        cols = start + tl.arange(0, BLOCK_E)
+        mask = row_mask[:, None] & (cols < run_len)[None, :]
+        g = tl.load(g_ptr + offsets[:, None] + cols[None, :], mask=mask, other=0.0)
+        v = tl.load(v_ptr + offsets[:, None] + cols[None, :], mask=mask, other=0.0)
+    return g, v
+
+
+@triton.jit
+def _store_pairs(
+    g_ptr,
+    v_ptr,
+    offsets,
+    row_mask,
+    start,
+    run_len,
+    g,
+    v,
+    PAIRS: tl.constexpr,
+    GATE_FIRST: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    """Stores a tile of gate and value gradients where _load_pairs reads gates and values."""
+    if PAIRS:
+        if GATE_FIRST:
+            first_ptr = g_ptr
+            both = tl.join(g, v)
+        else:
+            first_ptr = v_ptr
+            both = tl.join(v, g)
+        cols = 2 * start + tl.arange(0, 2 * BLOCK_E)
+        mask = row_mask[:, None] & (cols < 2 * run_len)[None, :]
+        tl.store(
+            first_ptr + offsets[:, None] + cols[None, :],
+            tl.reshape(both, (BLOCK_R, 2 * BLOCK_E)),
+            mask=mask,
+        )
+    else:
+        cols = start + tl.arange(0, BLOCK_E)
+        mask = row_mask[:, None] & (cols < run_len)[None, :]
+        tl.store(g_ptr + offsets[:, None] + cols[None, :], g, mask=mask)
+        tl.store(v_ptr + offsets[:, None] + cols[None, :], v, mask=mask)
+
+
+@triton.jit
+def _dense_tile(rows, row_mask, start, run_len, BLOCK_E: tl.constexpr):
+    """Offsets and mask of the tile in a dense [runs, run_len] tensor."""
+    cols = start + tl.arange(0, BLOCK_E)
+    offsets = (rows * run_len)[:, None] + cols[None, :]
+    return offsets, row_mask[:, None] & (cols < run_len)[None, :]
+
+
+@triton.jit
+def forward_kernel(
+    g_ptr,
+    v_ptr,
+    out_ptr,
+    runs,
+    run_len,
+    runs_per_outer,
+    outer_stride,
+    run_stride,
+    alpha: tl.float64,
+    limit: tl.float64,
+    ACT: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    PAIRS: tl.constexpr,
+    GATE_FIRST: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    rows, start = _tile_origin(run_len, BLOCK_R, BLOCK_E, WIDE)
+    row_mask = rows < runs
+    offsets = _run_offsets(rows, runs_per_outer, outer_stride, run_stride)
+    g, v = _load_pairs(
+        g_ptr, v_ptr, offsets, row_mask, start, run_len, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E
+    )
+    out = m.gated_forward(
+        g.to(COMPUTE), v.to(COMPUTE), _param(alpha, COMPUTE), _param(limit, COMPUTE), ACT
+    )
+    out_offsets, out_mask = _dense_tile(rows, row_mask, start, run_len, BLOCK_E)
+    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def backward_kernel(
+    g_ptr,
+    v_ptr,
+    dy_ptr,
+    dg_ptr,
+    dv_ptr,
+    runs,
+    run_len,
+    runs_per_outer,
+    outer_stride,
+    run_stride,
+    grad_outer_stride,
+    grad_run_stride,
+    alpha: tl.float64,
+    limit: tl.float64,
+    ACT: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    PAIRS: tl.constexpr,
+    GATE_FIRST: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    WIDE: tl.constexpr,
+):
+    rows, start = _tile_origin(run_len, BLOCK_R, BLOCK_E, WIDE)
+    row_mask = rows < runs
+    offsets = _run_offsets(rows, runs_per_outer, outer_stride, run_stride)
+    g, v = _load_pairs(
+        g_ptr, v_ptr, offsets, row_mask, start, run_len, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E
+    )
+    dy_offsets, dy_mask = _dense_tile(rows, row_mask, start, run_len, BLOCK_E)
+    dy = tl.load(dy_ptr + dy_offsets, mask=dy_mask, other=0.0)
+    dg, dv = m.gated_backward(
+        g.to(COMPUTE),
+        v.to(COMPUTE),
+        dy.to(COMPUTE),
+        _param(alpha, COMPUTE),
+        _param(limit, COMPUTE),
+        ACT,
+    )
+    grad_offsets = _run_offsets(rows, runs_per_outer, grad_outer_stride, grad_run_stride)
+    out_type = dg_ptr.dtype.element_ty
+    _store_pairs(
+        dg_ptr,
+        dv_ptr,
+        grad_offsets,
+        row_mask,
+        start,
+        run_len,
+        dg.to(out_type),
+        dv.to(out_type),
+        PAIRS,
+        GATE_FIRST,
+        BLOCK_R,
+        BLOCK_E,
+    )

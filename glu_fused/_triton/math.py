@@ -1,0 +1,243 @@
+"""The element math of the Triton kernels: csrc/glu_math.h's formulas, term for term.
+
+Triton kernels cannot include that header, so its formulas are written here again, in the
+same order of operations, with the same stable forms, NaN rules and masks (see its comments
+for why each form is what it is). Arguments are in the compute type (float32, or float64
+for float64 inputs); every constant meets them as a Python scalar, which Triton converts
+to the tensor's type, so float64 keeps full precision.
+
+One addition: erfc. Triton's portable math has erf but no erfc, and GELU needs erfc for
+negative inputs, where 1 + erf cancels. `erfc` below is built from exp and rational
+functions: W. J. Cody's (1969) approximations in float64 (relative error near 1e-16), and a
+Chebyshev fit of relative error below 1.2e-7 in float32 (Numerical Recipes' erfcc), which
+costs one exp and one division.
+"""
+
+import os
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+# On a GPU, tl.exp of float32 is ex2.approx of x * log2(e), whose rounding costs up to
+# |x| * 2^-24 of relative accuracy (5e-6 near |x| = 88, half the float32 tolerance), so the
+# device library's accurate exp is called instead. The interpreter has no device library;
+# its tl.exp is numpy's, accurate already.
+INTERPRETED = tl.constexpr(
+    os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+)
+
+# Activation codes: csrc/glu_math.h's enum Activation.
+SIGMOID = tl.constexpr(0)
+SILU = tl.constexpr(1)
+GELU = tl.constexpr(2)
+GELU_TANH = tl.constexpr(3)
+RELU = tl.constexpr(4)
+CLAMPED_SILU = tl.constexpr(5)
+
+INV_SQRT2 = tl.constexpr(0.70710678118654752440)
+INV_SQRT_2PI = tl.constexpr(0.39894228040143267794)
+SQRT_2_OVER_PI = tl.constexpr(0.79788456080286535588)
+GELU_CUBIC = tl.constexpr(0.044715)
+INV_SQRT_PI = tl.constexpr(0.56418958354775628695)
+
+
+@triton.jit
+def exp(x):
+    if INTERPRETED:
+        return tl.exp(x)
+    else:
+        return libdevice.exp(x)
+
+
+@triton.jit
+def sigmoid_parts(x):
+    """(sigmoid(x), 1 - sigmoid(x)) from e = exp(-|x|), each without cancellation."""
+    e = exp(0.0 - tl.abs(x))
+    big = 1.0 / (1.0 + e)
+    small = e * big
+    return tl.where(x < 0.0, small, big), tl.where(x < 0.0, big, small)
+
+
+@triton.jit
+def clamp_max(x, hi):
+    """min(x, hi), keeping NaN."""
+    return tl.where(x > hi, hi, x)
+
+
+@triton.jit
+def clamp(x, lo, hi):
+    return tl.where(x < lo, lo, clamp_max(x, hi))
+
+
+@triton.jit
+def pass_if_inside(x, lo, hi, upstream):
+    """upstream strictly inside (lo, hi), else 0 (NaN gives 0): clamp's gradient mask."""
+    return tl.where(x > lo, tl.where(x < hi, upstream, 0.0), 0.0)
+
+
+@triton.jit
+def _poly_step(acc, y, c):
+    return acc * y + c
+
+
+@triton.jit
+def _erfc_nonneg_f64(y):
+    """erfc(y) for y >= 0 (or NaN), float64: Cody's three intervals."""
+    # |y| <= 0.46875: 1 - erf(y), erf from a rational function of y^2.
+    z = y * y
+    num = 1.85777706184603153e-1 * z
+    den = z
+    num = (num + 3.16112374387056560e00) * z
+    den = (den + 2.36012909523441209e01) * z
+    num = (num + 1.13864154151050156e02) * z
+    den = (den + 2.44024637934444173e02) * z
+    num = (num + 3.77485237685302021e02) * z
+    den = (den + 1.28261652607737228e03) * z
+    small = 1.0 - y * (num + 3.20937758913846947e03) / (den + 2.84423683343917062e03)
+    # 0.46875 < y <= 4: exp(-y^2) times a rational function of y.
+    num = 2.15311535474403846e-8 * y
+    den = y
+    num = (num + 5.64188496988670089e-1) * y
+    den = (den + 1.57449261107098347e01) * y
+    num = (num + 8.88314979438837594e00) * y
+    den = (den + 1.17693950891312499e02) * y
+    num = (num + 6.61191906371416295e01) * y
+    den = (den + 5.37181101862009858e02) * y
+    num = (num + 2.98635138197400131e02) * y
+    den = (den + 1.62138957456669019e03) * y
+    num = (num + 8.81952221241769090e02) * y
+    den = (den + 3.29079923573345963e03) * y
+    num = (num + 1.71204761263407058e03) * y
+    den = (den + 4.36261909014324716e03) * y
+    num = (num + 2.05107837782607147e03) * y
+    den = (den + 3.43936767414372164e03) * y
+    middle = (num + 1.23033935479799725e03) / (den + 1.23033935480374942e03)
+    # y > 4: exp(-y^2) / y times a series in 1 / y^2 (evaluated at 4 elsewhere: no 1 / 0).
+    yt = tl.where(y > 4.0, y, 4.0)
+    w = 1.0 / (yt * yt)
+    num = 1.63153871373020978e-2 * w
+    den = w
+    num = (num + 3.05326634961232344e-1) * w
+    den = (den + 2.56852019228982242e00) * w
+    num = (num + 3.60344899949804439e-1) * w
+    den = (den + 1.87295284992346047e00) * w
+    num = (num + 1.25781726111229246e-1) * w
+    den = (den + 5.27905102951428412e-1) * w
+    num = (num + 1.60837851487422766e-2) * w
+    den = (den + 6.05183413124413191e-2) * w
+    tail = (INV_SQRT_PI - w * (num + 6.58749161529837803e-4) / (den + 2.33520497626869185e-3)) / yt
+    # exp(-y^2) as exp(-h^2) exp(-(y - h)(y + h)), h = y to 1/16: h^2 is exact, so the
+    # rounding of y^2 is not magnified by the exponential.
+    h = tl.floor(y * 16.0) / 16.0
+    scale = exp(0.0 - h * h) * exp(0.0 - (y - h) * (y + h))
+    large = tl.where(y <= 4.0, middle, tail) * scale
+    # Beyond 26.6, erfc is below the smallest double (and y^2 terms would be inf - inf);
+    # NaN fails the comparison and stays.
+    large = tl.where(y > 26.6, 0.0, large)
+    return tl.where(y <= 0.46875, small, large)
+
+
+@triton.jit
+def _erfc_nonneg_f32(y):
+    """erfc(y) for y >= 0 (or NaN), float32: t exp(-y^2 + P(t)), t = 1 / (1 + y/2)."""
+    t = 1.0 / (1.0 + 0.5 * y)
+    p = 0.17087277
+    p = _poly_step(p, t, -0.82215223)
+    p = _poly_step(p, t, 1.48851587)
+    p = _poly_step(p, t, -1.13520398)
+    p = _poly_step(p, t, 0.27886807)
+    p = _poly_step(p, t, -0.18628806)
+    p = _poly_step(p, t, 0.09678418)
+    p = _poly_step(p, t, 0.37409196)
+    p = _poly_step(p, t, 1.00002368)
+    p = _poly_step(p, t, -1.26551223)
+    # exp(-y^2) split as in the float64 version, so the rounding of y^2 is not magnified.
+    h = tl.floor(y * 16.0) / 16.0
+    scale = exp(0.0 - h * h) * exp(p - (y - h) * (y + h))
+    # Beyond 10.1, erfc is below the smallest float (and y^2 would meet inf - inf); NaN
+    # fails the comparison and stays.
+    return tl.where(y > 10.1, 0.0, t * scale)
+
+
+@triton.jit
+def erfc(x):
+    """erfc(x) in x's type, from erfc(|x|): erfc(-y) = 2 - erfc(y)."""
+    y = tl.abs(x)
+    if x.dtype == tl.float64:
+        e = _erfc_nonneg_f64(y)
+    else:
+        e = _erfc_nonneg_f32(y)
+    return tl.where(x < 0.0, 2.0 - e, e)
+
+
+@triton.jit
+def gelu_cdf(g):
+    """Phi(g) = erfc(-g / sqrt 2) / 2."""
+    return 0.5 * erfc(g * (0.0 - INV_SQRT2))
+
+
+@triton.jit
+def gelu_tanh_inner(g):
+    # Tensors on the left of constexprs: the interpreter cannot multiply them the other way.
+    return (g + g * GELU_CUBIC * g * g) * SQRT_2_OVER_PI
+
+
+@triton.jit
+def gated_forward(g, v, alpha, limit, ACT: tl.constexpr):
+    """act(g) * v (ClampedSilu: gpt-oss's clamped form)."""
+    if ACT == SIGMOID:
+        s, _ = sigmoid_parts(g)
+        out = v * s
+    elif ACT == SILU:
+        s, _ = sigmoid_parts(g)
+        out = (g * s) * v
+    elif ACT == GELU:
+        out = (g * gelu_cdf(g)) * v
+    elif ACT == GELU_TANH:
+        s, _ = sigmoid_parts(2.0 * gelu_tanh_inner(g))
+        out = (g * s) * v
+    elif ACT == RELU:
+        out = tl.where(g < 0.0, 0.0, g) * v
+    else:
+        gc = clamp_max(g, limit)
+        vc = clamp(v, 0.0 - limit, limit)
+        s, _ = sigmoid_parts(alpha * gc)
+        out = (gc * s) * (vc + 1.0)
+    return out
+
+
+@triton.jit
+def gated_backward(g, v, dy, alpha, limit, ACT: tl.constexpr):
+    """(d/dg, d/dv) of act(g) * v for the upstream gradient dy."""
+    if ACT == SIGMOID:
+        s, oms = sigmoid_parts(g)
+        dv = dy * s
+        dg = (dy * v) * (s * oms)
+    elif ACT == SILU:
+        s, oms = sigmoid_parts(g)
+        dv = dy * (g * s)
+        dg = (dy * v) * (s * (1.0 + g * oms))
+    elif ACT == GELU:
+        c = gelu_cdf(g)
+        pdf = exp(-0.5 * g * g) * INV_SQRT_2PI
+        dv = dy * (g * c)
+        dg = (dy * v) * (c + g * pdf)
+    elif ACT == GELU_TANH:
+        s, oms = sigmoid_parts(2.0 * gelu_tanh_inner(g))
+        half_sech2 = 2.0 * (s * oms)
+        inner_slope = (1.0 + g * (3.0 * GELU_CUBIC) * g) * SQRT_2_OVER_PI
+        tail = tl.where(half_sech2 == 0.0, 0.0, g * half_sech2 * inner_slope)
+        dv = dy * (g * s)
+        dg = (dy * v) * (s + tail)
+    elif ACT == RELU:
+        dv = dy * tl.where(g < 0.0, 0.0, g)
+        dg = tl.where(g > 0.0, dy * v, 0.0)
+    else:
+        gc = clamp_max(g, limit)
+        vc = clamp(v, 0.0 - limit, limit)
+        s, oms = sigmoid_parts(alpha * gc)
+        dv = pass_if_inside(v, 0.0 - limit, limit, dy * (gc * s))
+        dgc = (dy * (vc + 1.0)) * (s + alpha * (gc * (s * oms)))
+        dg = tl.where(g < limit, dgc, 0.0)
+    return dg, dv
