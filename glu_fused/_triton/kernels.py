@@ -39,17 +39,16 @@ def _param(p, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _tile_origin(run_len, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, WIDE: tl.constexpr):
-    """This program's runs (int64) and the first output of its part of them."""
+    """This program's runs (int64), the first output of its part of them, and run_len
+    (int64 if WIDE, so that 2 * run_len cannot overflow either)."""
+    if WIDE:
+        run_len = run_len.to(tl.int64)
     pid = tl.program_id(0)
     parts = tl.cdiv(run_len, BLOCK_E)
     group = pid // parts
     part = pid - group * parts
     rows = group.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    if WIDE:
-        start = part.to(tl.int64) * BLOCK_E
-    else:
-        start = part * BLOCK_E
-    return rows, start
+    return rows, part * BLOCK_E, run_len
 
 
 @triton.jit
@@ -159,7 +158,7 @@ def forward_kernel(
     BLOCK_E: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    rows, start = _tile_origin(run_len, BLOCK_R, BLOCK_E, WIDE)
+    rows, start, run_len = _tile_origin(run_len, BLOCK_R, BLOCK_E, WIDE)
     row_mask = rows < runs
     offsets = _run_offsets(rows, runs_per_outer, outer_stride, run_stride)
     g, v = _load_pairs(
@@ -196,7 +195,7 @@ def backward_kernel(
     BLOCK_E: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    rows, start = _tile_origin(run_len, BLOCK_R, BLOCK_E, WIDE)
+    rows, start, run_len = _tile_origin(run_len, BLOCK_R, BLOCK_E, WIDE)
     row_mask = rows < runs
     offsets = _run_offsets(rows, runs_per_outer, outer_stride, run_stride)
     g, v = _load_pairs(

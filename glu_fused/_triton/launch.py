@@ -74,8 +74,9 @@ def _config(pairs: layout.PairLayout) -> dict:
     }
 
 
-def _launch(kernel, pointers, strides, pairs, like, act, alpha, limit, gate_first):
-    """One launch of `kernel` over the runs of `pairs`, on like's device and current stream."""
+def _launch(kernel, pointers, strides, pairs, like, act, alpha=0.0, limit=0.0, gate_first=True):
+    """One launch of `kernel` over the runs of `pairs`, on like's device and current stream.
+    (alpha and limit only matter to the clamped activation; `gated` has no packed pairs.)"""
     config = _config(pairs)
     grid = config.pop("grid")
     guard = torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext()
@@ -184,9 +185,6 @@ def gated_forward(gate, value, activation) -> torch.Tensor:
         rows,
         gate,
         act,
-        0.0,
-        0.0,
-        True,
     )
     return out
 
@@ -207,8 +205,5 @@ def gated_backward(grad_out, gate, value, activation) -> tuple[torch.Tensor, tor
         rows,
         gate,
         act,
-        0.0,
-        0.0,
-        True,
     )
     return grad_gate, grad_value
