@@ -3,9 +3,9 @@
 Schemas are defined here, once, whether or not the compiled extension is present; the
 extension (glu_fused._C) implements them per device with TORCH_LIBRARY_IMPL. The Triton
 backend defines the same four ops again under a `triton_` prefix (`define_families`) and
-implements those in Python. Each op has a
-fake implementation (shapes for torch.compile and meta tensors), an autograd formula and a
-vmap rule, so it passes `torch.library.opcheck` and stays one node under torch.compile.
+implements those in Python. Each op has a fake implementation (shapes for torch.compile
+and meta tensors), an autograd formula and a vmap rule, so it passes
+`torch.library.opcheck` and stays one node under torch.compile.
 
 Two op families:
   glu_forward(x, dim, function, interleaved, alpha, limit) -> out
@@ -140,6 +140,33 @@ def _register_vmap(op, n_tensors: int, dim_arg: int | None, n_outputs: int) -> N
     torch.library.register_vmap(op, rule, lib=_lib)
 
 
+# Fake implementations: the result is contiguous, with dim halved for the packed ops.
+def _glu_forward_fake(x, dim, function, interleaved, alpha, limit):
+    shape = list(x.shape)
+    shape[dim] //= 2
+    return x.new_empty(shape)
+
+
+def _glu_backward_fake(grad_out, x, dim, function, interleaved, alpha, limit):
+    return x.new_empty(x.shape)
+
+
+def _gated_forward_fake(gate, value, activation):
+    return gate.new_empty(gate.shape)
+
+
+def _gated_backward_fake(grad_out, gate, value, activation):
+    return gate.new_empty(gate.shape), gate.new_empty(gate.shape)
+
+
+_FAKES = {
+    "glu_forward": _glu_forward_fake,
+    "glu_backward": _glu_backward_fake,
+    "gated_forward": _gated_forward_fake,
+    "gated_backward": _gated_backward_fake,
+}
+
+
 def define_families(prefix: str = "") -> tuple[OpFamily, OpFamily]:
     """Defines the four ops under glu_fused::{prefix}*, with their fake implementations,
     autograd and vmap rules, and returns (packed family, gated family).
@@ -147,10 +174,7 @@ def define_families(prefix: str = "") -> tuple[OpFamily, OpFamily]:
     The extension implements the unprefixed ops per device in C++; another backend (Triton)
     defines its own prefixed ops, so that both can be built into one process.
     """
-    names = {
-        op: f"{prefix}{op}"
-        for op in ("glu_forward", "glu_backward", "gated_forward", "gated_backward")
-    }
+    names = {op: f"{prefix}{op}" for op in _FAKES}
     _lib.define(
         f"{names['glu_forward']}(Tensor x, int dim, str function, bool interleaved, "
         "float alpha, float limit) -> Tensor"
@@ -165,28 +189,7 @@ def define_families(prefix: str = "") -> tuple[OpFamily, OpFamily]:
         "str activation) -> (Tensor, Tensor)"
     )
 
-    # Fake implementations: the result is contiguous, with dim halved for the packed ops.
-    def glu_forward_fake(x, dim, function, interleaved, alpha, limit):
-        shape = list(x.shape)
-        shape[dim] //= 2
-        return x.new_empty(shape)
-
-    def glu_backward_fake(grad_out, x, dim, function, interleaved, alpha, limit):
-        return x.new_empty(x.shape)
-
-    def gated_forward_fake(gate, value, activation):
-        return gate.new_empty(gate.shape)
-
-    def gated_backward_fake(grad_out, gate, value, activation):
-        return gate.new_empty(gate.shape), gate.new_empty(gate.shape)
-
-    fakes = {
-        "glu_forward": glu_forward_fake,
-        "glu_backward": glu_backward_fake,
-        "gated_forward": gated_forward_fake,
-        "gated_backward": gated_backward_fake,
-    }
-    for op, fake in fakes.items():
+    for op, fake in _FAKES.items():
         torch.library.register_fake(f"glu_fused::{names[op]}", fake, lib=_lib)
 
     ops = torch.ops.glu_fused
