@@ -57,6 +57,14 @@ def _run_offsets(rows, runs_per_outer, outer_stride, run_stride):
 
 
 @triton.jit
+def _span(offsets, row_mask, first, end, WIDTH: tl.constexpr):
+    """A tile's element offsets, [runs, WIDTH] from `first` of each run at `offsets`, and its
+    mask: the runs that exist, the elements before `end`."""
+    cols = first + tl.arange(0, WIDTH)
+    return offsets[:, None] + cols[None, :], row_mask[:, None] & (cols < end)[None, :]
+
+
+@triton.jit
 def _load_pairs(
     g_ptr,
     v_ptr,
@@ -75,9 +83,8 @@ def _load_pairs(
             first_ptr = g_ptr
         else:
             first_ptr = v_ptr
-        cols = 2 * start + tl.arange(0, 2 * BLOCK_E)
-        mask = row_mask[:, None] & (cols < 2 * run_len)[None, :]
-        both = tl.load(first_ptr + offsets[:, None] + cols[None, :], mask=mask, other=0.0)
+        at, mask = _span(offsets, row_mask, 2 * start, 2 * run_len, 2 * BLOCK_E)
+        both = tl.load(first_ptr + at, mask=mask, other=0.0)
         first, second = tl.split(tl.reshape(both, (BLOCK_R, BLOCK_E, 2)))
         if GATE_FIRST:
             g = first
@@ -86,10 +93,9 @@ def _load_pairs(
             g = second
             v = first
     else:
-        cols = start + tl.arange(0, BLOCK_E)
-        mask = row_mask[:, None] & (cols < run_len)[None, :]
-        g = tl.load(g_ptr + offsets[:, None] + cols[None, :], mask=mask, other=0.0)
-        v = tl.load(v_ptr + offsets[:, None] + cols[None, :], mask=mask, other=0.0)
+        at, mask = _span(offsets, row_mask, start, run_len, BLOCK_E)
+        g = tl.load(g_ptr + at, mask=mask, other=0.0)
+        v = tl.load(v_ptr + at, mask=mask, other=0.0)
     return g, v
 
 
@@ -116,26 +122,18 @@ def _store_pairs(
         else:
             first_ptr = v_ptr
             both = tl.join(v, g)
-        cols = 2 * start + tl.arange(0, 2 * BLOCK_E)
-        mask = row_mask[:, None] & (cols < 2 * run_len)[None, :]
-        tl.store(
-            first_ptr + offsets[:, None] + cols[None, :],
-            tl.reshape(both, (BLOCK_R, 2 * BLOCK_E)),
-            mask=mask,
-        )
+        at, mask = _span(offsets, row_mask, 2 * start, 2 * run_len, 2 * BLOCK_E)
+        tl.store(first_ptr + at, tl.reshape(both, (BLOCK_R, 2 * BLOCK_E)), mask=mask)
     else:
-        cols = start + tl.arange(0, BLOCK_E)
-        mask = row_mask[:, None] & (cols < run_len)[None, :]
-        tl.store(g_ptr + offsets[:, None] + cols[None, :], g, mask=mask)
-        tl.store(v_ptr + offsets[:, None] + cols[None, :], v, mask=mask)
+        at, mask = _span(offsets, row_mask, start, run_len, BLOCK_E)
+        tl.store(g_ptr + at, g, mask=mask)
+        tl.store(v_ptr + at, v, mask=mask)
 
 
 @triton.jit
 def _dense_tile(rows, row_mask, start, run_len, BLOCK_E: tl.constexpr):
     """Offsets and mask of the tile in a dense [runs, run_len] tensor."""
-    cols = start + tl.arange(0, BLOCK_E)
-    offsets = (rows * run_len)[:, None] + cols[None, :]
-    return offsets, row_mask[:, None] & (cols < run_len)[None, :]
+    return _span(rows * run_len, row_mask, start, run_len, BLOCK_E)
 
 
 @triton.jit

@@ -98,10 +98,17 @@ def _launch(kernel, pointers, strides, pairs, like, act, alpha=0.0, limit=0.0, g
 
 
 def _split_of(x: torch.Tensor, dim: int, function: str, interleaved: bool):
+    """(dim made non-negative, the activation, whether the gate is second, x's layout)."""
     _checks.check_dtype(x)
     dim = _checks.split_dim(x, dim)
     act, gate_is_second = _packed_function(function)
-    return dim, act, layout.split(x, dim, interleaved, gate_is_second)
+    return dim, act, gate_is_second, layout.split(x, dim, interleaved, gate_is_second)
+
+
+def _halved_shape(x: torch.Tensor, dim: int) -> list[int]:
+    shape = list(x.shape)
+    shape[dim] //= 2
+    return shape
 
 
 def _pair_pointers(s: layout.Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,10 +120,8 @@ def _gate_first(s: layout.Split) -> bool:
 
 
 def glu_forward(x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
-    dim, act, s = _split_of(x, dim, function, interleaved)
-    shape = list(x.shape)
-    shape[dim] //= 2
-    out = _new_result(shape, x)
+    dim, act, _, s = _split_of(x, dim, function, interleaved)
+    out = _new_result(_halved_shape(x, dim), x)
     if out.numel() == 0:
         return out
     _launch(
@@ -134,9 +139,8 @@ def glu_forward(x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
 
 
 def glu_backward(grad_out, x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
-    dim, act, s = _split_of(x, dim, function, interleaved)
-    shape = list(x.shape)
-    shape[dim] //= 2
+    dim, act, gate_is_second, s = _split_of(x, dim, function, interleaved)
+    shape = _halved_shape(x, dim)
     if list(grad_out.shape) != shape:
         raise ValueError(
             f"glu_fused: grad_out has shape {tuple(grad_out.shape)}, expected {tuple(shape)}"
@@ -146,7 +150,6 @@ def glu_backward(grad_out, x, dim, function, interleaved, alpha, limit) -> torch
     grad_in = _new_result(x.shape, x)
     if grad_in.numel() == 0:
         return grad_in
-    _, gate_is_second = _packed_function(function)
     g = layout.split(grad_in, dim, interleaved, gate_is_second)
     _launch(
         kernels.backward_kernel,
@@ -162,12 +165,9 @@ def glu_backward(grad_out, x, dim, function, interleaved, alpha, limit) -> torch
     return grad_in
 
 
-def _gated_args(gate, value, activation):
+def _gated_args(gate, value, activation) -> int:
+    """The activation's code, after checking gate, value and the activation's name."""
     _checks.check_gate_value(gate, value)
-    return _gate_activation(activation)
-
-
-def _gate_activation(activation: str) -> int:
     _checks.check_activation(activation)
     return GATE_ACTIVATIONS[activation].value
 

@@ -13,19 +13,17 @@ Chebyshev fit of relative error below 1.2e-7 in float32 (Numerical Recipes' erfc
 costs one exp and one division.
 """
 
-import os
-
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from ..backends.triton import INTERPRETER
 
 # On a GPU, tl.exp of float32 is ex2.approx of x * log2(e), whose rounding costs up to
 # |x| * 2^-24 of relative accuracy (5e-6 near |x| = 88, half the float32 tolerance), so the
 # device library's accurate exp is called instead. The interpreter has no device library;
 # its tl.exp is numpy's, accurate already.
-INTERPRETED = tl.constexpr(
-    os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-)
+INTERPRETED = tl.constexpr(INTERPRETER)
 
 # Activation codes: csrc/glu_math.h's enum Activation.
 SIGMOID = tl.constexpr(0)
