@@ -1,11 +1,15 @@
-"""Modules over the fused functions."""
+"""Modules over the fused functions: drop-ins for ``torch.nn.GLU`` and friends, and the
+LLaMA-style ``GatedMLP``."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from . import _checks, functional
+from . import _checks, functional, reference
 
 
 class GLU(nn.Module):
@@ -51,26 +55,144 @@ class GeGLU(GLU):
         return f"dim={self.dim}, approximate={self.approximate!r}"
 
 
-def _fused_activation(activation: str):
-    """The fused function of a packed [gate | up] projection for `activation`."""
+def _gated_sigmoid(x: torch.Tensor, layout: str) -> torch.Tensor:
+    gate, value = reference.split(x, x.dim() - 1, _checks.is_interleaved(layout))
+    return functional.gated(gate, value, "sigmoid")
+
+
+def _fused_activation(activation: str, layout: str = "halves") -> Callable[..., torch.Tensor]:
+    """The fused ``act(x1) * x2`` of a packed [gate, up] projection output (last dim) for one
+    of ``gated``'s activations. Partials of module-level functions, so modules pickle."""
     _checks.check_activation(activation)
+    _checks.is_interleaved(layout)
     if activation == "silu":
-        return functional.swiglu
+        return functools.partial(functional.swiglu, layout=layout)
     if activation == "gelu":
-        return functional.geglu
+        return functools.partial(functional.geglu, layout=layout)
     if activation == "gelu_tanh":
-        return lambda x: functional.geglu(x, approximate="tanh")
+        return functools.partial(functional.geglu, approximate="tanh", layout=layout)
     if activation == "relu":
-        return functional.reglu
-    return lambda x: functional.gated(*x.chunk(2, dim=-1), activation)
+        return functools.partial(functional.reglu, layout=layout)
+    # sigmoid(gate) * up has no packed form (glu is x1 * sigmoid(x2), the other way round).
+    return functools.partial(_gated_sigmoid, layout=layout)
+
+
+# Where infer_activation evaluates a candidate: both signs, the region where the activations
+# differ most, and far out, where clipped variants (ReLU6, a GELU clipped at 10) part ways.
+_PROBE_RANGE = 12.0
+_PROBE_FAR = (-100.0, -30.0, 30.0, 100.0)
+# A match leaves room for rounding and for constants written with 10 digits (transformers'
+# FastGELU uses 0.7978845608 for sqrt(2/pi)), far below any two activations' difference.
+_PROBE_RTOL, _PROBE_ATOL = 1e-9, 1e-12
+
+
+def infer_activation(act_fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
+    """The name, among ``glu_fused.gated``'s activations, of the function ``act_fn`` computes.
+
+    Recognised by its values, so every implementation counts: ``torch.nn.SiLU()``, ``F.silu``,
+    transformers' ``ACT2FN["silu"]`` or ``ACT2FN["gelu_pytorch_tanh"]`` (``"gelu_tanh"``).
+    ``act_fn`` is evaluated in float64 on points spanning [-100, 100] and must agree with one
+    activation's reference to 1e-9 relative; near misses (ReLU6, quick or clipped GELU) are
+    told apart. Raises ``ValueError`` for any other function.
+
+    Example:
+        >>> glu_fused.nn.infer_activation(torch.nn.GELU(approximate="tanh"))
+        'gelu_tanh'
+    """
+    probe = torch.cat(
+        [
+            torch.linspace(-_PROBE_RANGE, _PROBE_RANGE, 241, dtype=torch.float64),
+            torch.tensor(_PROBE_FAR, dtype=torch.float64),
+        ]
+    )
+    try:
+        with torch.no_grad():
+            values = act_fn(probe).to(torch.float64)
+    # Whatever act_fn cannot do (a parameter on another device, a fixed shape...), the
+    # answer is the same: it is not a function glu_fused knows.
+    except Exception as error:
+        raise ValueError(
+            f"glu_fused: cannot evaluate the activation {act_fn!r}: {error}"
+        ) from error
+    for name in _checks.GATE_ACTIVATIONS:
+        expected = reference.activate(probe, name)
+        if values.shape == expected.shape and torch.allclose(
+            values, expected, rtol=_PROBE_RTOL, atol=_PROBE_ATOL
+        ):
+            return name
+    raise ValueError(
+        f"glu_fused: the activation {act_fn!r} is none of {_checks.GATE_ACTIVATIONS}; "
+        "pass activation= explicitly if it is one of them"
+    )
+
+
+def _pack(gate: torch.Tensor, up: torch.Tensor, layout: str) -> torch.Tensor:
+    """Gate and up weights (h, in), or biases (h,), as the rows of gate_up in `layout`."""
+    if _checks.is_interleaved(layout):
+        return torch.stack((gate, up), dim=1).flatten(0, 1)
+    return torch.cat((gate, up))
+
+
+def _unpack(gate_up: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gate rows, up rows) of a gate_up weight or bias in `layout`: views, no copies."""
+    return reference.split(gate_up, 0, _checks.is_interleaved(layout))
+
+
+# The unfused module's names (LLaMA's gate_proj, up_proj, down_proj) and where they go here.
+_UNFUSED_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
 class GatedMLP(nn.Module):
-    """The LLaMA-style feed-forward ``down(act(gate(x)) * up(x))``.
+    r"""The LLaMA-style feed-forward
+    :math:`y = W_d\,(\mathrm{act}(W_g x + b_g) \odot (W_u x + b_u)) + b_d`.
 
-    ``gate`` and ``up`` are one fused projection, ``gate_up``, whose output rows are
-    ``[gate | up]``; that output goes straight into the fused activation, which reads both
-    halves in place.
+    ``gate_up`` is one ``nn.Linear`` holding :math:`W_g` and :math:`W_u`: its output goes
+    straight into the fused activation, which reads each hidden unit's gate and value in
+    place. ``down`` is :math:`W_d`.
+
+    Args:
+        in_features: the model width.
+        hidden_features: the number of hidden units :math:`h` (LLaMA's intermediate size).
+        out_features: the output width; ``in_features`` if None.
+        activation: ``"silu"`` (SwiGLU, LLaMA), ``"gelu"``, ``"gelu_tanh"`` (Gemma's GeGLU),
+            ``"relu"`` or ``"sigmoid"``.
+        bias: biases on all three projections (LLaMA's ``mlp_bias``).
+        layout: how ``gate_up``'s :math:`2h` output rows hold the two projections.
+            ``"halves"`` (default): ``[gate_0 .. gate_{h-1} | up_0 .. up_{h-1}]``.
+            ``"interleaved"``: ``[gate_0, up_0, gate_1, up_1, ...]`` (as gpt-oss packs them).
+
+    Initialisation is ``nn.Linear``'s: weights and biases :math:`U(-1/\sqrt{n}, 1/\sqrt{n})`
+    with :math:`n` the fan-in. The bound depends on the fan-in only, so the fused
+    ``gate_up`` starts out distributed exactly as LLaMA's separate ``gate_proj`` and
+    ``up_proj`` layers do when the MLP is built on its own (transformers' ``LlamaMLP`` uses
+    plain ``nn.Linear``). Whole transformers models re-initialise every linear layer with
+    :math:`\mathcal{N}(0, \text{initializer\_range}^2)` and zero biases:
+    ``reset_parameters(std=0.02)`` does that.
+
+    Loading: ``load_state_dict`` also accepts a LLaMA MLP's unfused keys,
+    ``gate_proj.weight``, ``up_proj.weight``, ``down_proj.weight`` (and ``.bias``), and packs
+    them in this module's layout; ``GatedMLP.from_mlp(mlp)`` builds one from such a module.
+
+    Tensor parallelism (Megatron-style): the :math:`h` hidden units are split over :math:`n`
+    ranks; each rank computes its units with a block of ``gate_up``'s rows ("column
+    parallel") and the matching columns of ``down`` ("row parallel"), and the ranks' outputs
+    are summed by an all-reduce. The activation pairs gate row :math:`i` with up row
+    :math:`i`, so a rank must hold both rows of every unit it owns. Column sharding (torch's
+    ``ColwiseParallel``, ``Shard(0)``) gives rank :math:`k` the contiguous row block
+    :math:`[2hk/n, 2h(k+1)/n)`:
+
+    - ``"interleaved"``: that block is :math:`h/n` whole (gate, up) pairs, so naive sharding
+      is correct as is.
+    - ``"halves"``: with :math:`n = 2`, rank 0's block is all gate rows and rank 1's all up
+      rows, and each rank would multiply gates by gates. Halves need *per-shard halves*:
+      rank :math:`k` holds ``[gate rows of its units | up rows of its units]``.
+
+    ``shard(rank, n)`` returns rank :math:`k`'s part in either layout.
+
+    Example:
+        >>> mlp = glu_fused.nn.GatedMLP(512, 1376)      # down(silu(gate(x)) * up(x))
+        >>> mlp(torch.randn(4, 512)).shape
+        torch.Size([4, 512])
     """
 
     def __init__(
@@ -82,16 +204,169 @@ class GatedMLP(nn.Module):
         bias: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        layout: str = "halves",
     ) -> None:
         super().__init__()
         self.activation = activation
-        self._act = _fused_activation(activation)
+        self.layout = layout
+        self._act = _fused_activation(activation, layout)
         factory = {"device": device, "dtype": dtype}
         self.gate_up = nn.Linear(in_features, 2 * hidden_features, bias=bias, **factory)
         self.down = nn.Linear(hidden_features, out_features or in_features, bias=bias, **factory)
 
+    @property
+    def hidden_features(self) -> int:
+        return self.down.in_features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self._act(self.gate_up(x)))
 
+    def projections(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(gate weight, up weight, gate bias, up bias), each (h, in) or (h,): views into
+        ``gate_up`` whatever the layout. Biases are None without bias."""
+        gate_w, up_w = _unpack(self.gate_up.weight, self.layout)
+        if self.gate_up.bias is None:
+            return gate_w, up_w, None, None
+        gate_b, up_b = _unpack(self.gate_up.bias, self.layout)
+        return gate_w, up_w, gate_b, up_b
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float | None = None) -> None:
+        """Re-initialise: ``nn.Linear``'s default if ``std`` is None, else transformers' LLaMA
+        init, weights :math:`\\mathcal{N}(0, \\text{std}^2)` and zero biases."""
+        for linear in (self.gate_up, self.down):
+            if std is None:
+                linear.reset_parameters()
+                continue
+            linear.weight.normal_(0.0, std)
+            if linear.bias is not None:
+                linear.bias.zero_()
+
+    @classmethod
+    def from_mlp(
+        cls, mlp: nn.Module, activation: str | None = None, *, layout: str = "halves"
+    ) -> GatedMLP:
+        """A GatedMLP computing what ``mlp`` computes, from a module with ``nn.Linear``
+        attributes ``gate_proj``, ``up_proj`` and ``down_proj`` (transformers' ``LlamaMLP``,
+        ``MistralMLP``, ``Qwen2MLP``, ``GemmaMLP``...).
+
+        The weights are copied (``mlp`` is left as it is), on their device and in their dtype.
+        ``activation``: if None, inferred from ``mlp.act_fn`` where there is one
+        (see ``infer_activation``), else ``"silu"``.
+        """
+        gate, up, down = _unfused_linears(mlp)
+        if activation is None:
+            act_fn = getattr(mlp, "act_fn", None)
+            activation = "silu" if act_fn is None else infer_activation(act_fn)
+        fused = cls(
+            gate.in_features,
+            gate.out_features,
+            down.out_features,
+            activation,
+            bias=gate.bias is not None,
+            device=gate.weight.device,
+            dtype=gate.weight.dtype,
+            layout=layout,
+        )
+        state = {
+            f"{name}.{kind}": tensor
+            for name, linear in zip(_UNFUSED_PROJECTIONS, (gate, up, down))
+            for kind, tensor in linear.state_dict().items()
+        }
+        fused.load_state_dict(state)
+        return fused
+
+    def shard(self, rank: int, world_size: int) -> GatedMLP:
+        """Rank ``rank``'s part of a tensor-parallel split over ``world_size`` ranks: a new
+        GatedMLP of the same layout with hidden units
+        ``[rank * h / world_size, (rank + 1) * h / world_size)``, whose outputs summed over
+        the ranks are this module's output.
+
+        In the ``"interleaved"`` layout its ``gate_up`` rows are a contiguous block of this
+        module's, as ``ColwiseParallel`` would cut them; in ``"halves"`` they are that rank's
+        gate rows followed by its up rows (per-shard halves). ``down``'s bias stays on rank 0
+        (zeros elsewhere), so that the sum adds it once.
+        """
+        hidden = self.hidden_features
+        if world_size < 1 or not 0 <= rank < world_size or hidden % world_size:
+            raise ValueError(
+                f"glu_fused: cannot take shard {rank} of {world_size} of {hidden} hidden units"
+            )
+        units = slice(rank * hidden // world_size, (rank + 1) * hidden // world_size)
+        weight = self.gate_up.weight
+        local = GatedMLP(
+            self.gate_up.in_features,
+            hidden // world_size,
+            self.down.out_features,
+            self.activation,
+            bias=self.gate_up.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+            layout=self.layout,
+        )
+        gate_w, up_w, gate_b, up_b = self.projections()
+        state = {
+            "gate_proj.weight": gate_w[units],
+            "up_proj.weight": up_w[units],
+            "down.weight": self.down.weight[:, units],
+        }
+        if self.down.bias is not None:
+            state["gate_proj.bias"], state["up_proj.bias"] = gate_b[units], up_b[units]
+            keep = rank == 0
+            state["down.bias"] = self.down.bias if keep else torch.zeros_like(self.down.bias)
+        local.load_state_dict(state)
+        return local
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        # Before nn.Module matches keys to parameters (and hands the children theirs): a
+        # LLaMA MLP's unfused keys become this module's. load_state_dict works on its own
+        # copy of the dict, so the caller's is left alone.
+        _fuse_unfused_keys(state_dict, prefix, self.layout)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+
     def extra_repr(self) -> str:
-        return f"activation={self.activation!r}"
+        return f"activation={self.activation!r}, layout={self.layout!r}"
+
+
+def _unfused_linears(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+    """mlp's gate_proj, up_proj and down_proj, checked to make one gated MLP."""
+    linears = tuple(getattr(mlp, name, None) for name in _UNFUSED_PROJECTIONS)
+    if not all(isinstance(linear, nn.Linear) for linear in linears):
+        found = {name: type(linear).__name__ for name, linear in zip(_UNFUSED_PROJECTIONS, linears)}
+        raise TypeError(
+            "glu_fused: from_mlp needs nn.Linear attributes gate_proj, up_proj and down_proj; "
+            f"{type(mlp).__name__} has {found}"
+        )
+    gate, up, down = linears
+    if gate.weight.shape != up.weight.shape or down.in_features != gate.out_features:
+        raise ValueError(
+            "glu_fused: gate_proj and up_proj must both map in_features to hidden_features and "
+            f"down_proj take hidden_features; got {gate}, {up}, {down}"
+        )
+    if len({linear.bias is None for linear in linears}) > 1:
+        raise ValueError(
+            "glu_fused: GatedMLP has biases on all three projections or on none; "
+            f"{type(mlp).__name__} has them on some"
+        )
+    return gate, up, down
+
+
+def _fuse_unfused_keys(state_dict: dict, prefix: str, layout: str) -> None:
+    """In place: prefix + gate_proj.X and up_proj.X become gate_up.X packed in `layout`, and
+    down_proj.X becomes down.X, for X weight and bias. A lone gate_proj or up_proj key is
+    left for load_state_dict to report as unexpected."""
+    for kind in ("weight", "bias"):
+        gate_key, up_key = f"{prefix}gate_proj.{kind}", f"{prefix}up_proj.{kind}"
+        if gate_key in state_dict and up_key in state_dict:
+            gate, up = state_dict.pop(gate_key), state_dict.pop(up_key)
+            state_dict[f"{prefix}gate_up.{kind}"] = _pack(gate, up, layout)
+        down_key = f"{prefix}down_proj.{kind}"
+        if down_key in state_dict:
+            state_dict[f"{prefix}down.{kind}"] = state_dict.pop(down_key)

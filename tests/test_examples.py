@@ -1,0 +1,69 @@
+"""examples/train_tiny_lm.py runs, and its reference and fused loss curves agree."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "train_tiny_lm.py"
+# A model small enough to train a few steps in seconds.
+TINY = "--steps 5 --batch 2 --seq-len 32 --width 32 --heads 2 --layers 1 --hidden 48".split()
+
+
+def _run(*extra: str) -> subprocess.CompletedProcess:
+    # One thread: the example is timed, and a second OpenMP thread on a busy 2-core machine
+    # spins rather than helps.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE), *TINY, *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [[], ["--layout", "interleaved", "--activation", "gelu_tanh", "--sample", "12"]],
+    ids=["swiglu-halves", "geglu-tanh-interleaved"],
+)
+def test_train_tiny_lm_curves_agree(variant):
+    result = _run("--log-every", "1", *variant)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.e+-]+)$", out, re.MULTILINE)
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
+    for _, ref, fused, _ in rows:
+        assert abs(float(ref) - float(fused)) < 1e-4
+    assert float(rows[0][1]) > float(rows[-1][1]), "five steps should lower the loss"
+    worst = float(re.search(r"largest loss difference over 5 steps: (\S+)", out).group(1))
+    assert worst < 1e-4
+    memory = {
+        name: (float(peak), float(saved))
+        for name, peak, saved in re.findall(
+            r"^ *(reference|fused \(\w+\)): +[\d.]+ ms/step +peak ([\d.]+) MiB \(.+\) +"
+            r"saved for backward ([\d.]+) MiB$",
+            out,
+            re.MULTILINE,
+        )
+    }
+    assert len(memory) == 2 and "reference" in memory, out
+    fused_label = next(name for name in memory if name != "reference")
+    (ref_peak, ref_saved), (fused_peak, fused_saved) = memory["reference"], memory[fused_label]
+    if fused_label == "fused (reference)":  # no compiled backend for the CPU in this build
+        return
+    # The fused GLU keeps only its input for backward, the reference its intermediates too.
+    assert 0 < fused_saved < ref_saved and 0 < fused_peak <= ref_peak
+
+
+def test_train_tiny_lm_fails_when_the_curves_differ():
+    """The exit status is the check: a tolerance no run can meet must fail."""
+    result = _run("--tolerance", "-1")
+    assert result.returncode == 1
+    assert "the loss curves differ" in result.stderr
