@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: test test-cuda-emulated install deps lint bench clean
+.PHONY: test test-cuda-emulated install deps bench-deps lint bench clean
 
 test: install lint
 	$(PYTHON) -m pytest -q tests
@@ -24,6 +24,14 @@ deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PIP) install triton
 	$(PIP) install -q "setuptools>=64" wheel ninja "pytest>=7" numpy expecttest ruff
+	@$(PYTHON) -c "import transformers" 2>/dev/null || $(PIP) install -q "transformers>=5"
+	$(MAKE) bench-deps
+
+# The benchmark's plots, and Liger-Kernel as a peer (its Triton kernels run on a GPU; the
+# tests check our adapter to it in Triton's interpreter).
+bench-deps:
+	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install -q matplotlib
+	@$(PYTHON) -c "import liger_kernel" 2>/dev/null || $(PIP) install -q liger-kernel
 
 # Against the installed torch (no build isolation: the extension must match it).
 install: deps
@@ -33,8 +41,9 @@ install: deps
 lint: deps
 	$(PYTHON) -m ruff check .
 
+# On the GPU when there is one, else the CPU; BENCH_ARGS narrows it (bench/run.py --help).
 bench: install
-	$(PYTHON) bench/cpu_speed.py $(BENCH_ARGS)
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info glu_fused/_C*.so
