@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from cases import BenchFunction
+from report import OURS_PREFIX
 
 import glu_fused
 from glu_fused import reference
 from glu_fused.backends import BACKENDS
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
-OURS_PREFIX = "ours:"
 
 
 @dataclass

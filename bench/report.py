@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-OURS_PREFIX = "ours:"
+OURS_PREFIX = "ours:"  # the contender names of our backends: ours:cuda, ours:triton, ours:cpu
 LARGE_INPUT_BYTES = 64 << 20  # the SPEC holds kernels to 90% of the copy bandwidth from here
 
 

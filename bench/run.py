@@ -178,8 +178,7 @@ def _raise_recompile_limit() -> None:
             setattr(config, name, max(getattr(config, name), 64))
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def run(args: argparse.Namespace, device: torch.device) -> dict:
     sweep = sweep_from(args, device)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -246,8 +245,8 @@ def write(results: dict, out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    results = run(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    results = run(args, device)
     print(text_table(*detail_table(results)))
     for path in write(results, args.out or RESULTS_ROOT / device_slug(device)):
         print(f"wrote {path}")
