@@ -142,13 +142,32 @@ def cuda_decision(
     return False, missing
 
 
-def plan(torch_cuda_version: str | None, torch_capability: str, environ=os.environ) -> BuildPlan:
+# The extension's C++ sources besides the CUDA kernels: the ops and their plans, autograd, the
+# Python module, the CPU kernels.
+CXX_SOURCES = (
+    "glu_ops.cpp",
+    "glu_plan.cpp",
+    "glu_autograd.cpp",
+    "glu_python.cpp",
+    "cpu/glu_cpu.cpp",
+)
+
+
+def plan(
+    torch_cuda_version: str | None,
+    torch_capability: str,
+    environ=os.environ,
+    torch_version: str = "unknown",
+) -> BuildPlan:
     cuda_home = find_cuda_home(environ)
     kernels = cuda_sources()
     with_cuda, reason = cuda_decision(torch_cuda_version, cuda_home, kernels, environ)
     capability = cpu_capability(torch_capability, environ)
-    sources = [os.path.join(CSRC, "glu_ops.cpp"), os.path.join(CSRC, "cpu", "glu_cpu.cpp")]
-    defines = [f'-DGLU_FUSED_CPU_CAPABILITY="{capability}"']
+    sources = [os.path.join(CSRC, source) for source in CXX_SOURCES]
+    defines = [
+        f'-DGLU_FUSED_CPU_CAPABILITY="{capability}"',
+        f'-DGLU_FUSED_TORCH_VERSION="{torch_version}"',
+    ]
     # -fopenmp: at::parallel_for is inline, and runs serially where OpenMP is off.
     cxx = ["-O3", "-fno-math-errno", "-fopenmp", *defines, *_CPU_FLAGS[capability]]
     nvcc = []

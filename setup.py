@@ -20,7 +20,9 @@ import torch  # noqa: E402
 from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-plan = build_config.plan(torch.version.cuda, torch.backends.cpu.get_cpu_capability())
+plan = build_config.plan(
+    torch.version.cuda, torch.backends.cpu.get_cpu_capability(), torch_version=torch.__version__
+)
 print(
     f"glu_fused: CPU kernels for {plan.cpu_capability}; CUDA kernels: "
     f"{'yes' if plan.with_cuda else 'no'} ({plan.reason})",

@@ -1,5 +1,5 @@
 """What the benchmark sweeps: functions, dtypes, directions and shapes, and the bytes each
-case moves (SPEC, Performance: every input element read once, every output element written
+case moves (docs/contract.md, Speed: every input element read once, every output element written
 once)."""
 
 from __future__ import annotations

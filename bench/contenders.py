@@ -43,7 +43,7 @@ def native_backends(device: torch.device) -> list[str]:
     for name, backend in BACKENDS.items():
         if name == "reference" or (name == "triton" and device.type == "cpu"):
             continue
-        if backend.unavailable_reason() is None and backend.unsupported_reason(device) is None:
+        if backend.unavailable_reason() is None and backend.unsupported_reason(device.type) is None:
             names.append(name)
     return names
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OURS_PREFIX = "ours:"  # the contender names of our backends: ours:cuda, ours:triton, ours:cpu
-LARGE_INPUT_BYTES = 64 << 20  # the SPEC holds kernels to 90% of the copy bandwidth from here
+LARGE_INPUT_BYTES = 64 << 20  # docs/contract.md holds kernels to 90% of copy bandwidth from here
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ def median(samples: list[float]) -> float:
 
 def copy_bandwidth(device: torch.device, plan: TimingPlan) -> dict[str, float]:
     """GB/s of `dst.copy_(src)` over a buffer far larger than the cache (bytes read plus bytes
-    written, per the SPEC's count): the ceiling the kernels are held against."""
+    written, per docs/contract.md's count): the ceiling the kernels are held against."""
     nbytes = max(8 * cache_bytes(device), (1 << 30) if device.type == "cuda" else (256 << 20))
     src = torch.randn(nbytes // 4, device=device)
     dst = torch.empty_like(src)

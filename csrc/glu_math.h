@@ -6,7 +6,7 @@
 // device; csrc/cpu/vec_math.h adds tables for ATen's `Vectorized<float>` and
 // `Vectorized<double>`, so the CPU's SIMD loops evaluate exactly these formulas.
 //
-// Numerical rules (see SPEC.md, "Numerics"):
+// Numerical rules (docs/contract.md, "Numerics"):
 //   * stable forms only: sigmoid and the GELUs never overflow and keep their relative
 //     accuracy for negative inputs (a tiny act(gate) may be multiplied by a huge value);
 //     products that can meet 0 * inf for large |x| are replaced by selects;

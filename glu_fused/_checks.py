@@ -1,13 +1,21 @@
-"""Argument checks shared by every backend: bad input raises before anything runs."""
+"""The reference's argument checks, in Python: bad input raises before anything runs.
+
+The ops check the same things in C++ (csrc/glu_plan.cpp), in the same order and with the
+same messages, so that every backend rejects bad input alike; tests/test_errors.py compares
+the two message for message.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from ._table import GATE_ACTIVATIONS, GELU_APPROXIMATIONS, LAYOUTS, PACKED_FUNCTIONS
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-LAYOUTS = ("halves", "interleaved")
-GELU_APPROXIMATIONS = ("none", "tanh")
-GATE_ACTIVATIONS = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu")
+
+
+def _unknown(what: str, name: object, choices) -> ValueError:
+    return ValueError(f"glu_fused: unknown {what} {name!r}; expected one of {tuple(choices)}")
 
 
 def check_dtype(t: torch.Tensor, name: str = "x") -> None:
@@ -33,8 +41,15 @@ def split_dim(x: torch.Tensor, dim: int) -> int:
     return dim
 
 
-def packed_args(x: torch.Tensor, dim: int, layout: str) -> tuple[int, bool]:
-    """(dim made non-negative, interleaved?) for a packed function's arguments, all checked."""
+def check_function(function: str) -> None:
+    if function not in PACKED_FUNCTIONS:
+        raise _unknown("function", function, PACKED_FUNCTIONS)
+
+
+def packed_args(x: torch.Tensor, dim: int, function: str, layout: str) -> tuple[int, bool]:
+    """(dim made non-negative, interleaved?) for a packed op's arguments, all checked in the
+    ops' order: function, dtype, layout, dim."""
+    check_function(function)
     check_dtype(x)
     interleaved = is_interleaved(layout)
     return split_dim(x, dim), interleaved
@@ -42,22 +57,21 @@ def packed_args(x: torch.Tensor, dim: int, layout: str) -> tuple[int, bool]:
 
 def is_interleaved(layout: str) -> bool:
     if layout not in LAYOUTS:
-        raise ValueError(f"glu_fused: unknown layout {layout!r}; expected one of {LAYOUTS}")
+        raise _unknown("layout", layout, LAYOUTS)
     return layout == "interleaved"
 
 
-def check_approximate(approximate: str) -> None:
-    if approximate not in GELU_APPROXIMATIONS:
-        raise ValueError(
-            f"glu_fused: unknown approximate {approximate!r}; expected one of {GELU_APPROXIMATIONS}"
-        )
+def geglu_function(approximate: str) -> str:
+    """The packed function of geglu(approximate=...)."""
+    try:
+        return GELU_APPROXIMATIONS[approximate]
+    except (KeyError, TypeError):
+        raise _unknown("approximate", approximate, GELU_APPROXIMATIONS) from None
 
 
 def check_activation(activation: str) -> None:
     if activation not in GATE_ACTIVATIONS:
-        raise ValueError(
-            f"glu_fused: unknown activation {activation!r}; expected one of {GATE_ACTIVATIONS}"
-        )
+        raise _unknown("activation", activation, GATE_ACTIVATIONS)
 
 
 def check_same(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:
@@ -73,7 +87,9 @@ def check_same(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> No
             )
 
 
-def check_gate_value(gate: torch.Tensor, value: torch.Tensor) -> None:
+def gated_args(gate: torch.Tensor, value: torch.Tensor, activation: str) -> None:
+    """gated()'s arguments, in the ops' order: dtypes, shape, dtype and device, activation."""
     check_dtype(gate, "gate")
     check_dtype(value, "value")
     check_same(gate, value, "gate", "value")
+    check_activation(activation)

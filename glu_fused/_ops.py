@@ -1,25 +1,22 @@
-"""The fused ops as `torch.library` operators, and their autograd.
+"""The Python side of the fused ops, whose schemas, fake (Meta) kernels, CPU and CUDA
+kernels and autograd kernels are C++ (csrc/glu_ops.cpp, csrc/glu_autograd.cpp).
 
-Schemas are defined here, once, whether or not the compiled extension is present; the
-extension (glu_fused._C) implements them per device with TORCH_LIBRARY_IMPL. The Triton
-backend defines the same four ops again under a `triton_` prefix (`define_families`) and
-implements those in Python. Each op has a fake implementation (shapes for torch.compile
-and meta tensors), an autograd formula and a vmap rule, so it passes
-`torch.library.opcheck` and stays one node under torch.compile.
+Two op families share the schemas: "native" (glu_fused::glu_forward, ...: the extension's
+kernels) and "triton" (glu_fused::triton_glu_forward, ...: glu_fused/_triton/ops.py).
 
-Two op families:
-  glu_forward(x, dim, function, interleaved, alpha, limit) -> out
-  glu_backward(grad_out, x, dim, function, interleaved, alpha, limit) -> grad_x
+  glu_forward(x, dim, function, layout, alpha, limit) -> out
+  glu_backward(grad_out, x, dim, function, layout, alpha, limit) -> grad_x
   gated_forward(gate, value, activation) -> out
   gated_backward(grad_out, gate, value, activation) -> (grad_gate, grad_value)
 
-The backward ops recompute the activation from the saved inputs: autograd saves only
-the inputs. Second-order gradients run through the differentiable reference.
-
-Forward-mode AD: custom ops cannot carry a jvp rule, so calls made under forward-mode AD
-or a torch.func transform go through `FusedFunction`, an autograd.Function with a jvp
-(from the backward op's slopes) and a generated vmap rule; everywhere else (torch.compile
-included, which does not trace custom jvps) the op is called directly.
+Registered here, for both families:
+  * the double-backward ops, glu_double_backward and gated_double_backward: the
+    reference's second derivatives in plain PyTorch (_second_order.py), differentiable to
+    any higher order;
+  * vmap rules of the forward and backward ops (one call over the whole batch);
+  * `FusedFunction` and `FusedBackward`, autograd.Functions over the same ops, for what C++
+    autograd cannot do: forward-mode AD and torch.func transforms. First-order gradients
+    still come from the fused backward op; second order from the double-backward op.
 """
 
 from __future__ import annotations
@@ -29,53 +26,50 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.autograd.forward_ad as forward_ad
+from torch._ops import OpOverload
 
 from . import reference
+from ._extension import _C
+from ._second_order import gated_double_backward, packed_double_backward
 
-_lib = torch.library.Library("glu_fused", "DEF")
+assert _C is not None, "glu_fused._ops needs the compiled extension"
+
+_lib = torch.library.Library("glu_fused", "IMPL")
+_ops = torch.ops.glu_fused
+FAMILIES = tuple(_C.FAMILIES)
 
 
 @dataclass(frozen=True)
 class OpFamily:
-    """A forward op, its backward op, and the reference they must agree with.
+    """A forward op with its backward and double-backward ops.
 
-    Both ops take `n_tensors` tensors first, then plain arguments (`args`); the backward
-    op takes the upstream gradient before them. `dim_arg` is the index, among the plain
-    arguments, of a dim that vmap moves by one, or None.
+    Every op takes its `n_tensors` tensor inputs first (the backward ops the upstream
+    gradient before them), then the plain arguments `args`; `dim_arg` indexes a dim among
+    them that vmap moves, or is None.
     """
 
-    forward: Callable[..., torch.Tensor]
-    backward: Callable[..., Any]
-    reference: Callable[..., torch.Tensor]
+    forward: OpOverload
+    backward: OpOverload
+    double_backward: OpOverload
     n_tensors: int
     dim_arg: int | None
-    # The output's tangent from d(out)/d(input) per input element (the backward op's result
-    # for a unit upstream gradient) and the inputs' tangents.
+    # The output's tangent from the slopes (the backward for a unit gradient) and the
+    # inputs' tangents: each output element depends on one pair of inputs.
     tangent: Callable[..., torch.Tensor]
 
     def backward_tuple(self, grad: torch.Tensor, tensors, args) -> tuple[torch.Tensor, ...]:
-        """Input gradients by the fused backward op (first order)."""
         out = self.backward(grad, *tensors, *args)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
-    def reference_vjp(self, grad: torch.Tensor, *tensors_and_args) -> tuple[torch.Tensor, ...]:
-        """Input gradients through the reference: differentiable to any order."""
-        tensors = tensors_and_args[: self.n_tensors]
-        args = tensors_and_args[self.n_tensors :]
-        _, vjp = torch.func.vjp(lambda *ts: self.reference(*ts, *args), *tensors)
-        return vjp(grad)
-
-    def vjp(self, grad: torch.Tensor, tensors, args) -> tuple[torch.Tensor, ...]:
-        # Grad mode is on inside a backward only for create_graph=True: second order.
-        if torch.is_grad_enabled():
-            return self.reference_vjp(grad, *tensors, *args)
-        return self.backward_tuple(grad.contiguous(), tensors, args)
+    def double_backward_tuple(self, grad_grads, grad, tensors, args) -> tuple[torch.Tensor, ...]:
+        """(d grad, *d tensors) of <grad_grads, backward(grad, *tensors)>."""
+        return tuple(self.double_backward(*grad_grads, grad, *tensors, *args))
 
 
 def _packed_tangent(slopes, tangents, args):
-    dim, _, interleaved = args[:3]
-    first, second = reference.split(slopes[0] * tangents[0], dim, interleaved)
+    dim, _, layout = args[:3]
+    weighted = slopes[0] * tangents[0]
+    first, second = reference.split(weighted, dim % weighted.dim(), layout == "interleaved")
     return first + second
 
 
@@ -83,36 +77,40 @@ def _gated_tangent(slopes, tangents, args):
     return slopes[0] * tangents[0] + slopes[1] * tangents[1]
 
 
-def _register_autograd(family: OpFamily) -> None:
-    n = family.n_tensors
-
-    def setup_forward(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:n])
-        ctx.args = inputs[n:]
-
-    def backward_of_forward(ctx, grad):
-        grads = family.vjp(grad, ctx.saved_tensors, ctx.args)
-        return (*grads, *([None] * len(ctx.args)))
-
-    torch.library.register_autograd(
-        family.forward, backward_of_forward, setup_context=setup_forward, lib=_lib
+def _family(name: str) -> tuple[OpFamily, OpFamily]:
+    prefix = "" if name == "native" else f"{name}_"
+    packed = OpFamily(
+        forward=getattr(_ops, f"{prefix}glu_forward").default,
+        backward=getattr(_ops, f"{prefix}glu_backward").default,
+        double_backward=_ops.glu_double_backward.default,
+        n_tensors=1,
+        dim_arg=0,
+        tangent=_packed_tangent,
     )
-
-    def setup_backward(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[: n + 1])
-        ctx.args = inputs[n + 1 :]
-
-    def backward_of_backward(ctx, *grad_grads):
-        saved = ctx.saved_tensors
-        grad_grads = [
-            torch.zeros_like(saved[1 + i]) if g is None else g for i, g in enumerate(grad_grads)
-        ]
-        _, vjp = torch.func.vjp(lambda *ts: family.reference_vjp(ts[0], *ts[1:], *ctx.args), *saved)
-        return (*vjp(tuple(grad_grads)), *([None] * len(ctx.args)))
-
-    torch.library.register_autograd(
-        family.backward, backward_of_backward, setup_context=setup_backward, lib=_lib
+    gated = OpFamily(
+        forward=getattr(_ops, f"{prefix}gated_forward").default,
+        backward=getattr(_ops, f"{prefix}gated_backward").default,
+        double_backward=_ops.gated_double_backward.default,
+        n_tensors=2,
+        dim_arg=None,
+        tangent=_gated_tangent,
     )
+    return packed, gated
+
+
+PACKED: dict[str, OpFamily] = {}
+GATED: dict[str, OpFamily] = {}
+for _name in FAMILIES:
+    PACKED[_name], GATED[_name] = _family(_name)
+
+
+# ---- second order (both families): the reference's second derivatives -------------------
+
+_lib.impl("glu_double_backward", packed_double_backward, "CompositeImplicitAutograd")
+_lib.impl("gated_double_backward", gated_double_backward, "CompositeImplicitAutograd")
+
+
+# ---- vmap: the batch dim goes first and the op runs once on the whole batch ----------------
 
 
 def _batch_first(tensors, in_dims, batch_size: int) -> list[torch.Tensor]:
@@ -126,9 +124,8 @@ def _batch_first(tensors, in_dims, batch_size: int) -> list[torch.Tensor]:
     return out
 
 
-def _register_vmap(op, n_tensors: int, dim_arg: int | None, n_outputs: int) -> None:
-    # Batching rule: the batch dim goes first and the op runs once on the whole batch; a
-    # non-negative dim argument moves one place right (a negative one counts from the end).
+def _register_vmap(op: OpOverload, n_tensors: int, dim_arg: int | None, n_outputs: int) -> None:
+    # A non-negative dim argument moves one place right; a negative one counts from the end.
     def rule(info, in_dims, *inputs):
         tensors = _batch_first(inputs[:n_tensors], in_dims[:n_tensors], info.batch_size)
         args = list(inputs[n_tensors:])
@@ -140,93 +137,71 @@ def _register_vmap(op, n_tensors: int, dim_arg: int | None, n_outputs: int) -> N
     torch.library.register_vmap(op, rule, lib=_lib)
 
 
-# Fake implementations: the result is contiguous, with dim halved for the packed ops.
-def _glu_forward_fake(x, dim, function, interleaved, alpha, limit):
-    shape = list(x.shape)
-    shape[dim] //= 2
-    return x.new_empty(shape)
+for _kind, _n_outputs in ((PACKED, 1), (GATED, 2)):
+    for _f in _kind.values():
+        _register_vmap(_f.forward, _f.n_tensors, _f.dim_arg, 1)
+        _register_vmap(_f.backward, _f.n_tensors + 1, _f.dim_arg, _n_outputs)
+# The double-backward ops are compositions, but functorch batches only ATen's compositions
+# by decomposing them: theirs need rules too.
+_register_vmap(_ops.glu_double_backward.default, 3, 0, 2)
+_register_vmap(_ops.gated_double_backward.default, 5, None, 3)
 
 
-def _glu_backward_fake(grad_out, x, dim, function, interleaved, alpha, limit):
-    return x.new_empty(x.shape)
+# ---- forward-mode AD and torch.func transforms ---------------------------------------------
 
 
-def _gated_forward_fake(gate, value, activation):
-    return gate.new_empty(gate.shape)
+def _zeros_for_none(tangents, like) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if t is None else t for p, t in zip(like, tangents)]
 
 
-def _gated_backward_fake(grad_out, gate, value, activation):
-    return gate.new_empty(gate.shape), gate.new_empty(gate.shape)
-
-
-_FAKES = {
-    "glu_forward": _glu_forward_fake,
-    "glu_backward": _glu_backward_fake,
-    "gated_forward": _gated_forward_fake,
-    "gated_backward": _gated_backward_fake,
-}
-
-
-def define_families(prefix: str = "") -> tuple[OpFamily, OpFamily]:
-    """Defines the four ops under glu_fused::{prefix}*, with their fake implementations,
-    autograd and vmap rules, and returns (packed family, gated family).
-
-    The extension implements the unprefixed ops per device in C++; another backend (Triton)
-    defines its own prefixed ops, so that both can be built into one process.
-    """
-    names = {op: f"{prefix}{op}" for op in _FAKES}
-    _lib.define(
-        f"{names['glu_forward']}(Tensor x, int dim, str function, bool interleaved, "
-        "float alpha, float limit) -> Tensor"
-    )
-    _lib.define(
-        f"{names['glu_backward']}(Tensor grad_out, Tensor x, int dim, str function, "
-        "bool interleaved, float alpha, float limit) -> Tensor"
-    )
-    _lib.define(f"{names['gated_forward']}(Tensor gate, Tensor value, str activation) -> Tensor")
-    _lib.define(
-        f"{names['gated_backward']}(Tensor grad_out, Tensor gate, Tensor value, "
-        "str activation) -> (Tensor, Tensor)"
-    )
-
-    for op, fake in _FAKES.items():
-        torch.library.register_fake(f"glu_fused::{names[op]}", fake, lib=_lib)
-
-    ops = torch.ops.glu_fused
-    packed = OpFamily(
-        forward=getattr(ops, names["glu_forward"]).default,
-        backward=getattr(ops, names["glu_backward"]).default,
-        reference=reference.packed,
-        n_tensors=1,
-        dim_arg=0,
-        tangent=_packed_tangent,
-    )
-    gated = OpFamily(
-        forward=getattr(ops, names["gated_forward"]).default,
-        backward=getattr(ops, names["gated_backward"]).default,
-        reference=reference.gated_unchecked,
-        n_tensors=2,
-        dim_arg=None,
-        tangent=_gated_tangent,
-    )
-    for family, n_outputs in ((packed, 1), (gated, 2)):
-        _register_autograd(family)
-        _register_vmap(family.forward, family.n_tensors, family.dim_arg, 1)
-        _register_vmap(family.backward, family.n_tensors + 1, family.dim_arg, n_outputs)
-    return packed, gated
-
-
-# The extension's ops (glu_fused::glu_forward, ...): glu_fused._C implements them per device.
-PACKED, GATED = define_families()
-
-
-class FusedFunction(torch.autograd.Function):
-    """Eager autograd for an OpFamily: the fused ops, plus forward-mode AD."""
+class FusedBackward(torch.autograd.Function):
+    """A family's backward op as an autograd.Function: its gradient is the double-backward
+    op; its tangent too, as the backward is linear in the upstream gradient and its
+    derivative in the inputs is symmetric (a sum of Hessians weighted by that gradient)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(family: OpFamily, *inputs):
+    def forward(family: OpFamily, grad: torch.Tensor, *inputs: Any):
+        grads = family.backward_tuple(grad, inputs[: family.n_tensors], inputs[family.n_tensors :])
+        return grads if len(grads) > 1 else grads[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        family, grad, *rest = inputs
+        ctx.family = family
+        ctx.args = tuple(rest[family.n_tensors :])
+        tensors = rest[: family.n_tensors]
+        ctx.save_for_backward(grad, *tensors)
+        ctx.save_for_forward(grad, *tensors)
+
+    @staticmethod
+    def backward(ctx, *grad_grads):
+        grad, *tensors = ctx.saved_tensors
+        grad_grads = _zeros_for_none(grad_grads, tensors)
+        grads = ctx.family.double_backward_tuple(grad_grads, grad, tensors, ctx.args)
+        return (None, *grads, *([None] * len(ctx.args)))
+
+    @staticmethod
+    def jvp(ctx, _family_tangent, grad_tangent, *tangents):
+        family = ctx.family
+        grad, *tensors = ctx.saved_tensors
+        grad_tangent = torch.zeros_like(grad) if grad_tangent is None else grad_tangent
+        tangents = _zeros_for_none(tangents[: family.n_tensors], tensors)
+        linear = family.backward_tuple(grad_tangent, tensors, ctx.args)
+        curvature = family.double_backward_tuple(tangents, grad, tensors, ctx.args)[1:]
+        out = tuple(a + b for a, b in zip(linear, curvature))
+        return out if len(out) > 1 else out[0]
+
+
+class FusedFunction(torch.autograd.Function):
+    """A family's forward op as an autograd.Function, with a jvp and a generated vmap rule:
+    the route of calls under forward-mode AD and torch.func transforms."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(family: OpFamily, *inputs: Any):
         return family.forward(*inputs)
 
     @staticmethod
@@ -241,38 +216,25 @@ class FusedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grads = ctx.family.vjp(grad, ctx.saved_tensors, ctx.args)
+        grads = FusedBackward.apply(ctx.family, grad, *ctx.saved_tensors, *ctx.args)
+        grads = grads if isinstance(grads, tuple) else (grads,)
         return (None, *grads, *([None] * len(ctx.args)))
 
     @staticmethod
     def jvp(ctx, _family_tangent, *tangents):
-        # Each output element depends on one pair of inputs, so its tangent is the sum over
-        # the pair of slope * tangent, the slopes being the backward for a unit gradient.
         family = ctx.family
         tensors = ctx.saved_tensors
-        tangents = [
-            torch.zeros_like(p) if t is None else t
-            for p, t in zip(tensors, tangents[: family.n_tensors])
-        ]
+        tangents = _zeros_for_none(tangents[: family.n_tensors], tensors)
         ones = tensors[0].new_ones(ctx.out_shape)
-        slopes = family.backward_tuple(ones, tensors, ctx.args)
+        slopes = FusedBackward.apply(family, ones, *tensors, *ctx.args)
+        slopes = slopes if isinstance(slopes, tuple) else (slopes,)
         return family.tangent(slopes, tangents, ctx.args)
 
 
-def _forward_mode_possible() -> bool:
-    """Whether forward-mode AD or a torch.func transform may see this call."""
-    return (
-        forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
+def transforms_active() -> bool:
+    """Whether forward-mode AD or a torch.func transform may see this call, in eager code.
+    (torch.compile traces the op itself: its graphs do not run custom jvps.)"""
+    return not torch.compiler.is_compiling() and (
+        torch.autograd.forward_ad._current_level >= 0
+        or torch._C._functorch.peek_interpreter_stack() is not None
     )
-
-
-def apply(family: OpFamily, *inputs) -> torch.Tensor:
-    """Runs family's forward op with autograd.
-
-    The op itself (its registered autograd) wherever it can: under torch.compile, and in
-    eager code outside forward-mode AD and torch.func transforms, where it costs half the
-    host time of an autograd.Function. FusedFunction where a jvp or vmap rule is needed.
-    """
-    if torch.compiler.is_compiling() or not _forward_mode_possible():
-        return family.forward(*inputs)
-    return FusedFunction.apply(family, *inputs)

@@ -1,9 +1,16 @@
-"""The public functions. Each checks its arguments, picks a backend and runs it.
+"""The public functions: the front door to the fused ops.
 
 `x` is the packed projection output: both halves lie along `dim`. With layout="halves",
 x1 is the first half and x2 the second; with layout="interleaved", x1 is the even positions
 and x2 the odd ones. The result is contiguous, of x's dtype and device, with x's shape but
 `dim` halved. Arithmetic runs in float32 (float64 for float64 inputs), rounded once.
+
+Each function hands its arguments, as the op takes them, to the extension's fast call
+(glu_fused._C.packed_forward / gated_forward), which runs the op of the backend routed for
+the tensor's device: checks, autograd and kernels are all C++ from there. What that call
+leaves to Python (it answers NotImplemented: a backend without ops, forward-mode AD,
+torch.func, __torch_function__, a device not yet routed) and torch.compile's tracing take
+the Python route: the backend chosen by glu_fused.backends.route.
 """
 
 from __future__ import annotations
@@ -11,20 +18,35 @@ from __future__ import annotations
 import torch
 
 from . import _checks, backends
-from .reference import DEFAULT_ALPHA, DEFAULT_LIMIT
+from ._extension import _C
+from ._table import DEFAULT_ALPHA, DEFAULT_LIMIT
 
 
-def _packed(
-    x: torch.Tensor,
-    dim: int,
-    function: str,
-    layout: str,
-    alpha: float = DEFAULT_ALPHA,
-    limit: float = DEFAULT_LIMIT,
+def _python_route_only(*args) -> object:
+    return NotImplemented
+
+
+_fast_packed = _python_route_only if _C is None else _C.packed_forward
+_fast_gated = _python_route_only if _C is None else _C.gated_forward
+_is_compiling = torch.compiler.is_compiling
+
+
+def _device_type(t: object, name: str) -> str:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"glu_fused: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return t.device.type
+
+
+def packed(
+    x: torch.Tensor, dim: int, function: str, layout: str, alpha: float, limit: float
 ) -> torch.Tensor:
-    dim, interleaved = _checks.packed_args(x, dim, layout)
-    backend = backends.select(x.device)
-    return backend.packed(x, dim, function, interleaved, float(alpha), float(limit))
+    """The glu_forward op's call: `function` (a name of glu_fused._table.PACKED_FUNCTIONS)
+    of `x` split along `dim` in `layout`, by the backend in force."""
+    if not _is_compiling():
+        out = _fast_packed(x, dim, function, layout, alpha, limit)
+        if out is not NotImplemented:
+            return out
+    return backends.route(_device_type(x, "x")).packed(x, dim, function, layout, alpha, limit)
 
 
 def glu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
@@ -39,13 +61,13 @@ def glu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tens
         >>> glu_fused.glu(torch.randn(4, 8)).shape
         torch.Size([4, 4])
     """
-    return _packed(x, dim, "glu", layout)
+    return packed(x, dim, "glu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT)
 
 
 def swiglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
     r"""SwiGLU: :math:`\mathrm{silu}(x_1) \cdot x_2`, with
     :math:`\mathrm{silu}(a) = a \, \sigma(a)`."""
-    return _packed(x, dim, "swiglu", layout)
+    return packed(x, dim, "swiglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT)
 
 
 def geglu(
@@ -56,13 +78,13 @@ def geglu(
     ``approximate="none"``: :math:`\mathrm{gelu}(a) = \tfrac{a}{2}(1 + \mathrm{erf}(a/\sqrt{2}))`;
     ``"tanh"``: :math:`\tfrac{a}{2}(1 + \tanh(\sqrt{2/\pi}\,(a + 0.044715 a^3)))`.
     """
-    _checks.check_approximate(approximate)
-    return _packed(x, dim, "geglu_tanh" if approximate == "tanh" else "geglu", layout)
+    function = _checks.geglu_function(approximate)
+    return packed(x, dim, function, layout, DEFAULT_ALPHA, DEFAULT_LIMIT)
 
 
 def reglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
     r"""ReGLU: :math:`\max(x_1, 0) \cdot x_2`."""
-    return _packed(x, dim, "reglu", layout)
+    return packed(x, dim, "reglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT)
 
 
 def clamped_swiglu(
@@ -79,7 +101,7 @@ def clamped_swiglu(
     \mathrm{limit})`, result :math:`g \, \sigma(\alpha g) \, (l + 1)`. Interleaved by default,
     as gpt-oss packs its gate and up projections.
     """
-    return _packed(x, dim, "clamped_swiglu", layout, alpha, limit)
+    return packed(x, dim, "clamped_swiglu", layout, alpha, limit)
 
 
 def gated(gate: torch.Tensor, value: torch.Tensor, activation: str = "silu") -> torch.Tensor:
@@ -87,6 +109,8 @@ def gated(gate: torch.Tensor, value: torch.Tensor, activation: str = "silu") -> 
 
     ``activation`` is ``"sigmoid"``, ``"silu"``, ``"gelu"``, ``"gelu_tanh"`` or ``"relu"``.
     """
-    _checks.check_gate_value(gate, value)
-    _checks.check_activation(activation)
-    return backends.select(gate.device).gated(gate, value, activation)
+    if not _is_compiling():
+        out = _fast_gated(gate, value, activation)
+        if out is not NotImplemented:
+            return out
+    return backends.route(_device_type(gate, "gate")).gated(gate, value, activation)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import _checks, functional, reference
+from . import _checks, _table, functional, reference
 
 
 class GLU(nn.Module):
@@ -44,7 +44,7 @@ class GeGLU(GLU):
     """``gelu(x1, approximate) * x2`` along ``dim``."""
 
     def __init__(self, dim: int = -1, approximate: str = "none") -> None:
-        _checks.check_approximate(approximate)
+        _checks.geglu_function(approximate)
         super().__init__(dim)
         self.approximate = approximate
 
@@ -65,16 +65,10 @@ def _fused_activation(activation: str, layout: str = "halves") -> Callable[..., 
     of ``gated``'s activations. Partials of module-level functions, so modules pickle."""
     _checks.check_activation(activation)
     _checks.is_interleaved(layout)
-    if activation == "silu":
-        return functools.partial(functional.swiglu, layout=layout)
-    if activation == "gelu":
-        return functools.partial(functional.geglu, layout=layout)
-    if activation == "gelu_tanh":
-        return functools.partial(functional.geglu, approximate="tanh", layout=layout)
-    if activation == "relu":
-        return functools.partial(functional.reglu, layout=layout)
-    # sigmoid(gate) * up has no packed form (glu is x1 * sigmoid(x2), the other way round).
-    return functools.partial(_gated_sigmoid, layout=layout)
+    f = _table.packed_of(activation)
+    if f is None:  # sigmoid(gate) * up: no packed function has the gate first
+        return functools.partial(_gated_sigmoid, layout=layout)
+    return functools.partial(getattr(functional, f.public), **dict(f.options), layout=layout)
 
 
 # Where infer_activation evaluates a candidate: both signs, the region where the activations
@@ -114,14 +108,14 @@ def infer_activation(act_fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
         raise ValueError(
             f"glu_fused: cannot evaluate the activation {act_fn!r}: {error}"
         ) from error
-    for name in _checks.GATE_ACTIVATIONS:
+    for name in _table.GATE_ACTIVATIONS:
         expected = reference.activate(probe, name)
         if values.shape == expected.shape and torch.allclose(
             values, expected, rtol=_PROBE_RTOL, atol=_PROBE_ATOL
         ):
             return name
     raise ValueError(
-        f"glu_fused: the activation {act_fn!r} is none of {_checks.GATE_ACTIVATIONS}; "
+        f"glu_fused: the activation {act_fn!r} is none of {tuple(_table.GATE_ACTIVATIONS)}; "
         "pass activation= explicitly if it is one of them"
     )
 

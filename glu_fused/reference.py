@@ -5,6 +5,9 @@ the arithmetic runs in float32 for float16, bfloat16 and float32 inputs and in f
 float64 inputs, and the result is rounded once to the input dtype. Built only from
 differentiable PyTorch ops, it is differentiable to any order, in reverse and forward mode,
 and under vmap.
+
+`packed` and `gated` take the arguments the fused ops take (csrc/glu_ops.cpp), checked as
+the ops check them: the "reference" backend runs them in the ops' place.
 """
 
 from __future__ import annotations
@@ -15,15 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks
-
-# The packed functions by the name the fused ops use; each maps (x1, x2) to the result.
-PACKED_FUNCTIONS = ("glu", "swiglu", "geglu", "geglu_tanh", "reglu", "clamped_swiglu")
-
-DEFAULT_ALPHA = 1.702
-DEFAULT_LIMIT = 7.0
+from ._table import DEFAULT_ALPHA, DEFAULT_LIMIT, PACKED_FUNCTIONS
 
 
-def _opmath(t: torch.Tensor) -> torch.Tensor:
+def opmath(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
@@ -71,23 +69,27 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     return F.relu(x)
 
 
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return x * sigmoid(x)
+
+
+# The math of each gate activation of glu_fused._table, by name.
+ACTIVATIONS = {
+    "sigmoid": sigmoid,
+    "silu": silu,
+    "gelu": gelu,
+    "gelu_tanh": gelu_tanh,
+    "relu": relu,
+}
+
+
 def activate(gate: torch.Tensor, activation: str) -> torch.Tensor:
     """act(gate) for the activations of `gated`."""
-    if activation == "sigmoid":
-        return sigmoid(gate)
-    if activation == "silu":
-        return gate * sigmoid(gate)
-    if activation == "gelu":
-        return gelu(gate)
-    if activation == "gelu_tanh":
-        return gelu_tanh(gate)
-    if activation == "relu":
-        return relu(gate)
     _checks.check_activation(activation)
-    raise AssertionError("unreachable")
+    return ACTIVATIONS[activation](gate)
 
 
-def _clamp(x: torch.Tensor, lo: float | None, hi: float) -> torch.Tensor:
+def clamp(x: torch.Tensor, lo: float | None, hi: float) -> torch.Tensor:
     """x.clamp(lo, hi), with its gradient fixed as 1 strictly inside (lo, hi) and 0 elsewhere,
     bounds included (as torch 2.14's clamp; some releases pass it at the bounds). NaN stays."""
     x = torch.where(x >= hi, hi, x)
@@ -97,59 +99,51 @@ def _clamp(x: torch.Tensor, lo: float | None, hi: float) -> torch.Tensor:
 def _packed_math(
     x1: torch.Tensor, x2: torch.Tensor, function: str, alpha: float, limit: float
 ) -> torch.Tensor:
-    if function == "glu":
-        return x1 * sigmoid(x2)
-    if function == "clamped_swiglu":
-        g = _clamp(x1, None, limit)
-        v = _clamp(x2, -limit, limit)
+    f = PACKED_FUNCTIONS[function]
+    if f.gate_is_second:
+        x1, x2 = x2, x1
+    if f.activation.name == "clamped_silu":
+        g = clamp(x1, None, limit)
+        v = clamp(x2, -limit, limit)
         return g * sigmoid(alpha * g) * (v + 1)
-    gate_activation = {
-        "swiglu": "silu",
-        "geglu": "gelu",
-        "geglu_tanh": "gelu_tanh",
-        "reglu": "relu",
-    }[function]
-    return activate(x1, gate_activation) * x2
+    return ACTIVATIONS[f.activation.name](x1) * x2
 
 
 def packed(
     x: torch.Tensor,
     dim: int,
     function: str,
-    interleaved: bool,
+    layout: str = "halves",
     alpha: float = DEFAULT_ALPHA,
     limit: float = DEFAULT_LIMIT,
 ) -> torch.Tensor:
-    """The packed `function` (one of PACKED_FUNCTIONS) of `x` split along a checked `dim`."""
-    x1, x2 = split(_opmath(x), dim, interleaved)
+    """The packed `function` (a name of glu_fused._table.PACKED_FUNCTIONS) of `x` split
+    along `dim`: the glu_forward op's arguments."""
+    dim, interleaved = _checks.packed_args(x, dim, function, layout)
+    x1, x2 = split(opmath(x), dim, interleaved)
     return _packed_math(x1, x2, function, alpha, limit).to(x.dtype).contiguous()
 
 
 def glu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
     """x1 * sigmoid(x2)."""
-    dim, interleaved = _checks.packed_args(x, dim, layout)
-    return packed(x, dim, "glu", interleaved)
+    return packed(x, dim, "glu", layout)
 
 
 def swiglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
     """silu(x1) * x2."""
-    dim, interleaved = _checks.packed_args(x, dim, layout)
-    return packed(x, dim, "swiglu", interleaved)
+    return packed(x, dim, "swiglu", layout)
 
 
 def geglu(
     x: torch.Tensor, dim: int = -1, *, approximate: str = "none", layout: str = "halves"
 ) -> torch.Tensor:
     """gelu(x1, approximate) * x2."""
-    _checks.check_approximate(approximate)
-    dim, interleaved = _checks.packed_args(x, dim, layout)
-    return packed(x, dim, "geglu_tanh" if approximate == "tanh" else "geglu", interleaved)
+    return packed(x, dim, _checks.geglu_function(approximate), layout)
 
 
 def reglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
     """relu(x1) * x2."""
-    dim, interleaved = _checks.packed_args(x, dim, layout)
-    return packed(x, dim, "reglu", interleaved)
+    return packed(x, dim, "reglu", layout)
 
 
 def clamped_swiglu(
@@ -161,17 +155,11 @@ def clamped_swiglu(
     layout: str = "interleaved",
 ) -> torch.Tensor:
     """g * sigmoid(alpha * g) * (l + 1), g = x1.clamp(max=limit), l = x2.clamp(-limit, limit)."""
-    dim, interleaved = _checks.packed_args(x, dim, layout)
-    return packed(x, dim, "clamped_swiglu", interleaved, alpha, limit)
+    return packed(x, dim, "clamped_swiglu", layout, alpha, limit)
 
 
 def gated(gate: torch.Tensor, value: torch.Tensor, activation: str = "silu") -> torch.Tensor:
-    """act(gate) * value for two tensors of one shape."""
-    _checks.check_gate_value(gate, value)
-    _checks.check_activation(activation)
-    return gated_unchecked(gate, value, activation)
-
-
-def gated_unchecked(gate: torch.Tensor, value: torch.Tensor, activation: str) -> torch.Tensor:
-    out = activate(_opmath(gate), activation) * _opmath(value)
+    """act(gate) * value for two tensors of one shape: the gated_forward op's arguments."""
+    _checks.gated_args(gate, value, activation)
+    out = ACTIVATIONS[activation](opmath(gate)) * opmath(value)
     return out.to(gate.dtype).contiguous()

@@ -1,5 +1,6 @@
-"""Autograd: gradcheck and gradgradcheck in float64, forward-mode AD, vmap, and that only
-the inputs are saved for backward."""
+"""Autograd: gradcheck and gradgradcheck in float64, forward-mode AD, vmap, torch.func's
+transforms, first order through the fused backward op in every mode, second order through
+its derivative, and that only the inputs are saved for backward."""
 
 from __future__ import annotations
 
@@ -17,15 +18,24 @@ from conftest import (
     random_input,
     ref,
 )
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import glu_fused
-from glu_fused import reference
+from glu_fused import _second_order, _table, reference
 
 BACKENDS = backend_params()
 
 
 def _x(backend, shape=(3, 10)):
     return random_input(shape, torch.float64, device_of(backend)).requires_grad_()
+
+
+def _checks_of(backend):
+    """gradcheck's and gradgradcheck's settings. Through Triton's interpreter (a tenth of a
+    second a launch) their fast mode, which checks random projections of the Jacobians; the
+    full Jacobians everywhere else, Triton on a GPU included."""
+    interpreted = backend == "triton" and device_of(backend) == "cpu"
+    return {"fast_mode": interpreted}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -36,8 +46,8 @@ def test_gradcheck_and_gradgradcheck(backend, fn, kwargs, layout):
         x = _x(backend, shape)
         f = lambda t, dim=dim: fused(fn)(t, dim, layout=layout, **kwargs)  # noqa: E731
         with glu_fused.use_backend(backend):
-            assert torch.autograd.gradcheck(f, (x,))
-            assert torch.autograd.gradgradcheck(f, (x,))
+            assert torch.autograd.gradcheck(f, (x,), **_checks_of(backend))
+            assert torch.autograd.gradgradcheck(f, (x,), **_checks_of(backend))
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -46,8 +56,8 @@ def test_gated_gradcheck_and_gradgradcheck(backend, activation):
     g, v = _x(backend, (4, 7)), _x(backend, (4, 7))
     f = lambda a, b: glu_fused.gated(a, b, activation)  # noqa: E731
     with glu_fused.use_backend(backend):
-        assert torch.autograd.gradcheck(f, (g, v))
-        assert torch.autograd.gradgradcheck(f, (g, v))
+        assert torch.autograd.gradcheck(f, (g, v), **_checks_of(backend))
+        assert torch.autograd.gradgradcheck(f, (g, v), **_checks_of(backend))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -161,6 +171,96 @@ def test_vmap_of_the_op_itself_with_any_dim(backend, dim):
     """The ops' batching rule also serves direct callers, whose dim may be negative."""
     x = _x(backend, (3, 4, 6)).detach()
     op = ops_of(backend)[0].forward
-    out = torch.func.vmap(lambda a: op(a, dim, "swiglu", False, 1.702, 7.0))(x)
+    out = torch.func.vmap(lambda a: op(a, dim, "swiglu", "halves", 1.702, 7.0))(x)
     want = torch.stack([reference.swiglu(x[i], dim) for i in range(3)])
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
+
+
+class _OpsSeen(TorchDispatchMode):
+    """Records every op that reaches the dispatcher's Python key while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func)
+        return func(*args, **(kwargs or {}))
+
+
+def _grad_by_backward(f, x, cotangent):
+    x = x.clone().requires_grad_()
+    f(x).backward(cotangent)
+    return x.grad
+
+
+def _grad_with_graph(f, x, cotangent):
+    x = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(f(x), x, cotangent, create_graph=True)
+    return grad
+
+
+# Each mode's first-order derivative of f at x: a vector-Jacobian product for the cotangent,
+# or, for forward mode, the Jacobian-vector product with it as the tangent.
+FIRST_ORDER_MODES = {
+    "backward": _grad_by_backward,
+    "create_graph": _grad_with_graph,
+    "func.grad": lambda f, x, c: torch.func.grad(lambda t: (f(t) * c).sum())(x),
+    "func.vjp": lambda f, x, c: torch.func.vjp(f, x)[1](c)[0],
+    "jacrev": lambda f, x, c: torch.einsum("ij,ijkl->kl", c, torch.func.jacrev(f)(x)),
+    "vmap(grad)": lambda f, x, c: torch.func.vmap(torch.func.grad(lambda t, ci: (f(t) * ci).sum()))(
+        x, c
+    ),
+    "jvp": lambda f, x, c: torch.func.jvp(f, (x,), (torch.cat([c, c], -1),))[1],
+}
+
+
+@pytest.mark.parametrize("mode", list(FIRST_ORDER_MODES))
+@pytest.mark.parametrize("backend", backend_params(("cpu", "cuda", "triton")))
+def test_first_order_gradients_run_the_fused_backward(backend, mode):
+    """In every mode, first-order derivatives come from the fused backward op, and match the
+    reference's: a wrong backward kernel fails here whichever way it is reached."""
+    x = _x(backend, (3, 10)).detach()
+    cotangent = torch.randn(3, 5, dtype=torch.float64, device=x.device)
+    derivative = FIRST_ORDER_MODES[mode]
+    with glu_fused.use_backend(backend), _OpsSeen() as seen:
+        got = derivative(glu_fused.geglu, x, cotangent)
+    want = derivative(reference.geglu, x, cotangent)
+    assert ops_of(backend)[0].backward in seen.ops, sorted(map(str, seen.ops))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _reference_gate(activation: str):
+    if activation == "clamped_silu":
+        return lambda g: (
+            reference.clamp(g, None, 7.0) * reference.sigmoid(1.702 * reference.clamp(g, None, 7.0))
+        )
+    return reference.ACTIVATIONS[activation]
+
+
+@pytest.mark.parametrize("activation", list(_table.ACTIVATIONS))
+def test_second_order_terms_are_the_references_derivatives(activation):
+    """The double-backward ops' written-out derivatives are autograd's of the reference."""
+    g = random_input((400,), torch.float64)
+    g = g[(g.abs() > 1e-3) & ((g - 7.0).abs() > 1e-3)]  # off the kinks of relu and the clamp
+    a, a1, a2 = _second_order.gate_terms(g, activation, 1.702, 7.0)
+    f = _reference_gate(activation)
+    d1 = torch.func.vmap(torch.func.grad(f))(g)
+    d2 = torch.func.vmap(torch.func.grad(torch.func.grad(f)))(g)
+    for got, want, what in ((a, f(g), "value"), (a1, d1, "first"), (a2, d2, "second")):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=what)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("fn", "kwargs"), FUNCTIONS, ids=FUNCTION_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hessian_matches_reference(backend, fn, kwargs, layout):
+    x = _x(backend, (2, 6)).detach()
+
+    def loss(f):
+        return lambda t: f(t, layout=layout, **kwargs).sin().sum()
+
+    with glu_fused.use_backend(backend):
+        got = torch.func.hessian(loss(fused(fn)))(x)
+    want = torch.func.hessian(loss(ref(fn)))(x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -1,4 +1,4 @@
-"""The benchmark's own machinery: bytes counted as the SPEC says, wrong contenders caught
+"""The benchmark's own machinery: bytes counted as docs/contract.md says, wrong contenders caught
 before timing, peak memory, and a whole small run that writes its JSON, Markdown and plots.
 Speed itself is shown by `make bench`, never asserted here."""
 

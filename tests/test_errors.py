@@ -91,19 +91,19 @@ def test_ops_called_directly_check_their_arguments(backend_name):
         return torch.ones(shape, dtype=dtype, device=device_of(backend_name))
 
     with pytest.raises(ValueError, match="must be even"):
-        forward(t(4, 7), 1, "swiglu", False, 1.702, 7.0)
+        forward(t(4, 7), 1, "swiglu", "halves", 1.702, 7.0)
     with pytest.raises(ValueError, match="out of range"):
-        forward(t(4, 8), 2, "swiglu", False, 1.702, 7.0)
+        forward(t(4, 8), 2, "swiglu", "halves", 1.702, 7.0)
     with pytest.raises(ValueError, match="unknown function"):
-        forward(t(4, 8), 1, "swish", False, 1.702, 7.0)
+        forward(t(4, 8), 1, "swish", "halves", 1.702, 7.0)
     with pytest.raises(TypeError, match="float16, bfloat16"):
-        forward(t(4, 8, dtype=torch.int32), 1, "swiglu", False, 1.702, 7.0)
+        forward(t(4, 8, dtype=torch.int32), 1, "swiglu", "halves", 1.702, 7.0)
     with pytest.raises(ValueError, match="same shape"):
         gated.forward(t(2, 3), t(3, 2), "silu")
     with pytest.raises(ValueError, match="unknown activation"):
         gated.forward(t(2, 3), t(2, 3), "swish")
     with pytest.raises(ValueError, match="grad_out has shape"):
-        packed.backward(t(4, 3), t(4, 8), 1, "swiglu", False, 1.702, 7.0)
+        packed.backward(t(4, 3), t(4, 8), 1, "swiglu", "halves", 1.702, 7.0)
     with pytest.raises(ValueError, match="grad_out and gate must have the same shape"):
         gated.backward(t(2, 2), t(2, 3), t(2, 3), "silu")
 

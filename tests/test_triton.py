@@ -16,7 +16,6 @@ import triton.language as tl  # noqa: E402
 
 from glu_fused._triton import launch  # noqa: E402
 from glu_fused._triton import math as m  # noqa: E402
-from glu_fused._triton.layout import PairLayout  # noqa: E402
 
 TRITON = backend_params(("triton",))
 pytestmark = pytest.mark.parametrize("backend", TRITON)
@@ -70,21 +69,21 @@ def test_erfc_at_its_limits(backend, dtype):
     [(1, 7, (1, 8)), (8192, 4096, (1, 4096)), (3, 100_000, (1, 4096)), (1000, 16, (256, 16))],
 )
 def test_tile_heuristic(backend, runs, run_len, tile):
-    config = launch._config(PairLayout(runs, run_len))
+    config = launch.config(runs, run_len)
     assert (config["BLOCK_R"], config["BLOCK_E"]) == tile
     programs = -(-runs // tile[0]) * -(-run_len // tile[1])
     assert config["grid"] == (programs,)
     assert 1 <= config["num_warps"] <= 8 and not config["WIDE"]
-    assert launch._config(PairLayout(1, 2**31 - 1))["WIDE"]
-    assert launch._config(PairLayout(1, 2**30, elem_stride=2))["WIDE"]
+    assert launch.config(1, 2**31 - 1)["WIDE"]
+    assert launch.config(1, 2**30, pairs=True)["WIDE"]
 
 
 @pytest.mark.parametrize("layout", ["halves", "interleaved"])
 def test_64_bit_offsets_inside_runs(backend, layout, monkeypatch):
     """The WIDE variant (offsets inside a run in 64 bits, for runs past 2^31 elements) gives
     the same result; here forced on small tensors."""
-    plain_config = launch._config
-    monkeypatch.setattr(launch, "_config", lambda pairs: {**plain_config(pairs), "WIDE": True})
+    plain_config = launch.config
+    monkeypatch.setattr(launch, "config", lambda *args: {**plain_config(*args), "WIDE": True})
     x = random_input((3, 2 * 300), torch.float32, device_of(backend)).requires_grad_()
     with glu_fused.use_backend(backend):
         out = glu_fused.geglu(x, layout=layout)
@@ -99,7 +98,13 @@ def test_64_bit_offsets_inside_runs(backend, layout, monkeypatch):
 def test_auto_picks_triton_for_cuda_tensors_without_cuda_kernels(backend, monkeypatch):
     cuda = backends.BACKENDS["cuda"]
     monkeypatch.setattr(cuda, "unavailable_reason", lambda: "built without CUDA kernels")
-    assert backends.select(torch.device("cuda")).name == "triton"
-    if torch.cuda.is_available():  # and the call runs there
-        x = random_input((4, 2 * 64), torch.float32, "cuda")
-        assert_matches(glu_fused.swiglu(x), reference.swiglu(x.double()), torch.float32)
+    try:
+        with glu_fused.use_backend("auto"):  # routes chosen anew, with cuda unavailable
+            assert backends.select(torch.device("cuda")).name == "triton"
+            if torch.cuda.is_available():  # and the call runs there
+                x = random_input((4, 2 * 64), torch.float32, "cuda")
+                assert_matches(glu_fused.swiglu(x), reference.swiglu(x.double()), torch.float32)
+    finally:
+        monkeypatch.undo()
+        with glu_fused.use_backend("auto"):  # and again as they were
+            pass

@@ -1,33 +1,20 @@
-"""The Triton kernels, forward and backward, and how they are launched.
+"""The Triton kernels, forward and backward.
 
-One program computes a tile of BLOCK_R runs by BLOCK_E outputs of a PairLayout (layout.py):
-it loads the tile's gates and values (for interleaved pairs, one contiguous tile of
-2 * BLOCK_E elements per run, split in registers), computes in float32 (float64 for
-float64) and rounds once to the tensor's dtype. Masked lanes at the end of a run or past
-the last run compute the same per-element code as full tiles, so every element's result is
-bitwise the same wherever it lies.
+One program computes a tile of BLOCK_R runs by BLOCK_E outputs of a PairLayout
+(csrc/glu_layout.h; launch.py chooses the tile): it loads the tile's gates and values (for
+interleaved pairs, one contiguous tile of 2 * BLOCK_E elements per run, split in
+registers), computes in float32 (float64 for float64) and rounds once to the tensor's
+dtype. Masked lanes at the end of a run or past the last run compute the same per-element
+code as full tiles, so every element's result is bitwise the same wherever it lies.
 
 Offsets of rows are 64-bit; offsets inside a run are 32-bit unless a run is so long that
 they could overflow (WIDE).
-
-Tile sizes, a heuristic rather than autotuning (an autotuned choice would have to be
-measured on every shape, and the interpreter cannot time anything):
-  * a tile holds TILE = 4096 outputs: with 8 warps, 16 per thread, so that each thread
-    issues two or more 16-byte loads per tensor and a 64 MiB input still makes thousands
-    of programs for 132 SMs;
-  * BLOCK_E is the run length rounded up to a power of two, at most TILE; short runs are
-    stacked BLOCK_R = TILE / BLOCK_E to a tile, so a tile is never mostly masked;
-  * warps: one per 512 outputs of the tile, 1 to 8.
 """
 
 import triton
 import triton.language as tl
 
 from . import math as m
-
-TILE = 4096
-OUTPUTS_PER_WARP = 512
-MAX_WARPS = 8
 
 
 @triton.jit

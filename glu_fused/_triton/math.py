@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from ..backends.triton import INTERPRETER
+from .. import _table
+from . import INTERPRETER
 
 # On a GPU, tl.exp of float32 is ex2.approx of x * log2(e), whose rounding costs up to
 # |x| * 2^-24 of relative accuracy (5e-6 near |x| = 88, half the float32 tolerance), so the
@@ -25,13 +26,13 @@ from ..backends.triton import INTERPRETER
 # its tl.exp is numpy's, accurate already.
 INTERPRETED = tl.constexpr(INTERPRETER)
 
-# Activation codes: csrc/glu_math.h's enum Activation.
-SIGMOID = tl.constexpr(0)
-SILU = tl.constexpr(1)
-GELU = tl.constexpr(2)
-GELU_TANH = tl.constexpr(3)
-RELU = tl.constexpr(4)
-CLAMPED_SILU = tl.constexpr(5)
+# Activation codes, as the table gives them (csrc/glu_math.h's enum Activation).
+SIGMOID = tl.constexpr(_table.SIGMOID.code)
+SILU = tl.constexpr(_table.SILU.code)
+GELU = tl.constexpr(_table.GELU.code)
+GELU_TANH = tl.constexpr(_table.GELU_TANH.code)
+RELU = tl.constexpr(_table.RELU.code)
+CLAMPED_SILU = tl.constexpr(_table.CLAMPED_SILU.code)
 
 INV_SQRT2 = tl.constexpr(0.70710678118654752440)
 INV_SQRT_2PI = tl.constexpr(0.39894228040143267794)

@@ -6,43 +6,49 @@ from typing import Protocol
 
 import torch
 
-from .. import _ops
+from .._extension import _C
+
+if _C is not None:  # the ops' Python side: vmap rules, second order, transforms
+    from .. import _ops
 
 
 class Backend(Protocol):
     name: str
+    # The op family whose ops the backend's calls run ("native", "triton"; glu_fused/_ops.py),
+    # which the extension's fast calls then reach directly; None where there are no ops.
+    family: str | None
 
     def unavailable_reason(self) -> str | None:
         """None if this process can use the backend, else why not (not built, no GPU...)."""
 
-    def unsupported_reason(self, device: torch.device) -> str | None:
-        """None if the backend runs tensors on `device`, else why not."""
+    def unsupported_reason(self, device_type: str) -> str | None:
+        """None if the backend runs tensors of `device_type`, else why not."""
 
     def packed(
-        self,
-        x: torch.Tensor,
-        dim: int,
-        function: str,
-        interleaved: bool,
-        alpha: float,
-        limit: float,
+        self, x: torch.Tensor, dim: int, function: str, layout: str, alpha: float, limit: float
     ) -> torch.Tensor:
-        """A packed function (reference.PACKED_FUNCTIONS) of `x`, `dim` checked and >= 0."""
+        """The glu_forward op's call: `function` (glu_fused._table.PACKED_FUNCTIONS) of x."""
 
     def gated(self, gate: torch.Tensor, value: torch.Tensor, activation: str) -> torch.Tensor:
-        """act(gate) * value, arguments checked."""
+        """The gated_forward op's call: act(gate) * value."""
 
 
 class OpsBackend:
-    """A backend whose kernels are implementations of a pair of torch.library op families
-    (_ops.define_families): the ops carry autograd, vmap and torch.compile support."""
+    """A backend whose kernels implement an op family: its ops carry autograd, vmap and
+    torch.compile support. Under forward-mode AD and torch.func transforms its calls go
+    through the family's autograd.Function (glu_fused/_ops.py)."""
 
     name: str
-    packed_family: _ops.OpFamily
-    gated_family: _ops.OpFamily
+    family: str
 
-    def packed(self, x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
-        return _ops.apply(self.packed_family, x, dim, function, interleaved, alpha, limit)
+    def packed(self, x, dim, function, layout, alpha, limit) -> torch.Tensor:
+        ops = _ops.PACKED[self.family]
+        if _ops.transforms_active():
+            return _ops.FusedFunction.apply(ops, x, dim, function, layout, alpha, limit)
+        return ops.forward(x, dim, function, layout, alpha, limit)
 
     def gated(self, gate, value, activation) -> torch.Tensor:
-        return _ops.apply(self.gated_family, gate, value, activation)
+        ops = _ops.GATED[self.family]
+        if _ops.transforms_active():
+            return _ops.FusedFunction.apply(ops, gate, value, activation)
+        return ops.forward(gate, value, activation)

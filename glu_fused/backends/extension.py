@@ -1,20 +1,12 @@
-"""The "cpu" and "cuda" backends: the compiled extension's kernels (glu_fused._C)."""
+"""The "cpu" and "cuda" backends: the compiled extension's kernels (glu_fused._C), the
+"native" op family."""
 
 from __future__ import annotations
 
 import torch
 
-from .. import _ops
+from .._extension import _C, UNAVAILABLE
 from .base import OpsBackend
-
-# The extension registers its kernels into the ops of _ops when it is imported.
-try:
-    from .. import _C
-except ImportError as error:  # not built, or built against another torch
-    _C = None
-    _IMPORT_ERROR = f"the compiled extension is not available ({error})"
-else:
-    _IMPORT_ERROR = None
 
 # torch's names for the SIMD levels, lowest first.
 _CPU_LEVELS = ("default", "avx2", "avx512")
@@ -27,7 +19,7 @@ def built_cpu_capability() -> str | None:
 
 def _cpu_reason() -> str | None:
     if _C is None:
-        return _IMPORT_ERROR
+        return UNAVAILABLE
     built = _C.CPU_CAPABILITY
     here = torch.backends.cpu.get_cpu_capability().lower()
     if built in _CPU_LEVELS and here in _CPU_LEVELS:
@@ -41,7 +33,7 @@ def _cpu_reason() -> str | None:
 
 def _cuda_reason() -> str | None:
     if _C is None:
-        return _IMPORT_ERROR
+        return UNAVAILABLE
     if not _C.WITH_CUDA:
         return "the extension was built without CUDA kernels (no nvcc or a CPU-only torch)"
     if not torch.cuda.is_available():
@@ -56,14 +48,13 @@ _CUDA_REASON = _cuda_reason()
 
 class _ExtensionBackend(OpsBackend):
     device_type: str
-    packed_family = _ops.PACKED
-    gated_family = _ops.GATED
+    family = "native"
 
-    def unsupported_reason(self, device: torch.device) -> str | None:
-        if device.type != self.device_type:
+    def unsupported_reason(self, device_type: str) -> str | None:
+        if device_type != self.device_type:
             return (
                 f"the {self.name!r} backend runs {self.device_type} tensors; "
-                f"got a {device.type} tensor"
+                f"got a {device_type} tensor"
             )
         return None
 

@@ -9,15 +9,16 @@ from .. import reference
 
 class ReferenceBackend:
     name = "reference"
+    family = None
 
     def unavailable_reason(self) -> str | None:
         return None
 
-    def unsupported_reason(self, device: torch.device) -> str | None:
+    def unsupported_reason(self, device_type: str) -> str | None:
         return None
 
-    def packed(self, x, dim, function, interleaved, alpha, limit) -> torch.Tensor:
-        return reference.packed(x, dim, function, interleaved, alpha, limit)
+    def packed(self, x, dim, function, layout, alpha, limit) -> torch.Tensor:
+        return reference.packed(x, dim, function, layout, alpha, limit)
 
     def gated(self, gate, value, activation) -> torch.Tensor:
-        return reference.gated_unchecked(gate, value, activation)
+        return reference.gated(gate, value, activation)

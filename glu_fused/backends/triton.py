@@ -1,49 +1,24 @@
-"""The "triton" backend: the Triton kernels of glu_fused/_triton, the portable GPU path.
-
-Its ops are glu_fused::triton_glu_forward and the like (_ops.define_families), implemented
-for CUDA tensors (ROCm's included) in Python. Triton itself is imported at the first call,
-not with glu_fused.
-
-With $TRITON_INTERPRET=1 when glu_fused is imported, the backend also runs CPU tensors,
-through Triton's interpreter: how the kernels are tested on machines without a GPU.
-"""
+"""The "triton" backend: the Triton kernels (glu_fused/_triton), the portable GPU path and
+the "triton" op family. The family's ops are defined by the compiled extension, which also
+plans each call; Triton itself is imported at the first call, not with glu_fused."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-from .. import _ops
+from .._extension import _C, UNAVAILABLE
+from .._triton import HAS_TRITON, INTERPRETER
 from .base import OpsBackend
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-OPS = ("glu_forward", "glu_backward", "gated_forward", "gated_backward")
-
-PACKED, GATED = _ops.define_families("triton_")
-
-
-def _implementation(op: str):
-    def run(*args):
-        from .._triton import launch  # imports triton: at the first call only
-
-        return getattr(launch, op)(*args)
-
-    run.__name__ = f"triton_{op}"
-    return run
-
-
-if HAS_TRITON:
-    for _op in OPS:
-        for _key in ("CUDA", "CPU") if INTERPRETER else ("CUDA",):
-            _ops._lib.impl(f"triton_{_op}", _implementation(_op), _key)
+if HAS_TRITON and _C is not None:
+    from .._triton import ops  # noqa: F401  (registers the family's implementations)
 
 
 def _unavailable_reason() -> str | None:
     if not HAS_TRITON:
         return "Triton is not installed"
+    if _C is None:
+        return f"its ops are defined by the compiled extension, and {UNAVAILABLE}"
     if INTERPRETER or torch.cuda.is_available():
         return None
     return "no GPU for Triton (TRITON_INTERPRET=1 runs it on the CPU, slowly)"
@@ -54,15 +29,14 @@ _REASON = _unavailable_reason()
 
 class TritonBackend(OpsBackend):
     name = "triton"
-    packed_family = PACKED
-    gated_family = GATED
+    family = "triton"
 
     def unavailable_reason(self) -> str | None:
         return _REASON
 
-    def unsupported_reason(self, device: torch.device) -> str | None:
-        if device.type == "cuda" or (device.type == "cpu" and INTERPRETER):
+    def unsupported_reason(self, device_type: str) -> str | None:
+        if device_type == "cuda" or (device_type == "cpu" and INTERPRETER):
             return None
-        if device.type == "cpu":
+        if device_type == "cpu":
             return "Triton runs GPU tensors; got a CPU tensor (TRITON_INTERPRET=1 runs those)"
-        return f"the 'triton' backend runs CUDA and ROCm tensors; got a {device.type} tensor"
+        return f"the 'triton' backend runs CUDA and ROCm tensors; got a {device_type} tensor"

@@ -1,0 +1,207 @@
+// The autograd kernels of both op families, in C++ (the Autograd dispatch key), so that a
+// call that needs a gradient costs what an ATen op's does.
+//
+// Forward ops save their tensor inputs and nothing else; their backward calls the family's
+// fused backward op. A backward op records a graph only when a gradient of it is wanted
+// (create_graph=True): its backward is the shared double-backward op, a differentiable
+// composition of the reference. Calls that need no gradient go straight to the kernels.
+//
+// Two routes stay in Python (glu_fused/_ops.py), because C++ autograd functions support
+// neither: forward-mode AD and torch.func transforms. These kernels refuse a tensor that
+// carries a tangent rather than drop it; glu_fused's functions send such calls to Python.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/library.h>
+
+#include "glu_ops.h"
+#include "glu_plan.h"
+
+namespace glu_fused {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Handle, typename... Args>
+auto below_autograd(const Handle& op, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(args...);
+}
+
+void refuse_tangent(const Tensor& t) {
+  TORCH_CHECK(!t._fw_grad(/*level=*/0).defined(),
+              "glu_fused: forward-mode AD reaches the fused ops through glu_fused's functions "
+              "(glu_fused.swiglu(...)), not through torch.ops.glu_fused directly");
+}
+
+// A packed op's non-tensor arguments, kept by autograd for the backward call. The names are
+// kept as the table's own strings: the caller's may be gone by then.
+struct PackedCallArgs {
+  int64_t dim;
+  std::string_view function;
+  std::string_view layout;
+  double alpha;
+  double limit;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["dim"] = dim;
+    ctx->saved_data["function"] = static_cast<int64_t>(&packed_function(function) - kPackedFunctions);
+    ctx->saved_data["interleaved"] = is_interleaved(layout);
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["limit"] = limit;
+  }
+
+  static PackedCallArgs load(AutogradContext* ctx) {
+    return {ctx->saved_data["dim"].toInt(),
+            kPackedFunctions[ctx->saved_data["function"].toInt()].name,
+            kLayouts[ctx->saved_data["interleaved"].toBool() ? 1 : 0],
+            ctx->saved_data["alpha"].toDouble(), ctx->saved_data["limit"].toDouble()};
+  }
+};
+
+void save_activation(AutogradContext* ctx, std::string_view activation) {
+  const Activation code = gate_activation(activation);
+  for (int64_t i = 0; i < static_cast<int64_t>(table_size(kGateActivations)); ++i) {
+    if (kGateActivations[i].activation == code) ctx->saved_data["activation"] = i;
+  }
+}
+
+std::string_view load_activation(AutogradContext* ctx) {
+  return kGateActivations[ctx->saved_data["activation"].toInt()].name;
+}
+
+template <Family F>
+struct GluBackwardFunction : torch::autograd::Function<GluBackwardFunction<F>> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& grad_out, const Tensor& x,
+                        const PackedCallArgs& a) {
+    ctx->save_for_backward({grad_out, x});
+    a.save(ctx);
+    return below_autograd(ops(F).glu_backward, grad_out, x, a.dim, a.function, a.layout, a.alpha,
+                          a.limit);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto a = PackedCallArgs::load(ctx);
+    auto [grad_grad_out, grad_x] = ops(F).glu_double_backward.call(
+        grads[0], saved[0], saved[1], a.dim, a.function, a.layout, a.alpha, a.limit);
+    return {grad_grad_out, grad_x, Tensor()};
+  }
+};
+
+template <Family F>
+struct GluForwardFunction : torch::autograd::Function<GluForwardFunction<F>> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const PackedCallArgs& a) {
+    ctx->save_for_backward({x});
+    a.save(ctx);
+    return below_autograd(ops(F).glu_forward, x, a.dim, a.function, a.layout, a.alpha, a.limit);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto a = PackedCallArgs::load(ctx);
+    const Tensor x = ctx->get_saved_variables()[0];
+    return {ops(F).glu_backward.call(grads[0], x, a.dim, a.function, a.layout, a.alpha, a.limit),
+            Tensor()};
+  }
+};
+
+template <Family F>
+struct GatedBackwardFunction : torch::autograd::Function<GatedBackwardFunction<F>> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& grad_out, const Tensor& gate,
+                               const Tensor& value, std::string_view activation) {
+    ctx->save_for_backward({grad_out, gate, value});
+    save_activation(ctx, activation);
+    auto [grad_gate, grad_value] =
+        below_autograd(ops(F).gated_backward, grad_out, gate, value, activation);
+    return {grad_gate, grad_value};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    auto [grad_grad_out, grad_gate, grad_value] = ops(F).gated_double_backward.call(
+        grads[0], grads[1], s[0], s[1], s[2], load_activation(ctx));
+    return {grad_grad_out, grad_gate, grad_value, Tensor()};
+  }
+};
+
+template <Family F>
+struct GatedForwardFunction : torch::autograd::Function<GatedForwardFunction<F>> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& gate, const Tensor& value,
+                        std::string_view activation) {
+    ctx->save_for_backward({gate, value});
+    save_activation(ctx, activation);
+    return below_autograd(ops(F).gated_forward, gate, value, activation);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    auto [grad_gate, grad_value] =
+        ops(F).gated_backward.call(grads[0], s[0], s[1], load_activation(ctx));
+    return {grad_gate, grad_value, Tensor()};
+  }
+};
+
+template <Family F>
+Tensor glu_forward(const Tensor& x, int64_t dim, std::string_view function,
+                   std::string_view layout, double alpha, double limit) {
+  refuse_tangent(x);
+  if (!torch::autograd::compute_requires_grad(x)) {
+    return below_autograd(ops(F).glu_forward, x, dim, function, layout, alpha, limit);
+  }
+  return GluForwardFunction<F>::apply(x, PackedCallArgs{dim, function, layout, alpha, limit});
+}
+
+template <Family F>
+Tensor glu_backward(const Tensor& grad_out, const Tensor& x, int64_t dim,
+                    std::string_view function, std::string_view layout, double alpha,
+                    double limit) {
+  refuse_tangent(grad_out);
+  refuse_tangent(x);
+  if (!torch::autograd::compute_requires_grad(grad_out, x)) {
+    return below_autograd(ops(F).glu_backward, grad_out, x, dim, function, layout, alpha, limit);
+  }
+  return GluBackwardFunction<F>::apply(grad_out, x,
+                                       PackedCallArgs{dim, function, layout, alpha, limit});
+}
+
+template <Family F>
+Tensor gated_forward(const Tensor& gate, const Tensor& value, std::string_view activation) {
+  refuse_tangent(gate);
+  refuse_tangent(value);
+  if (!torch::autograd::compute_requires_grad(gate, value)) {
+    return below_autograd(ops(F).gated_forward, gate, value, activation);
+  }
+  return GatedForwardFunction<F>::apply(gate, value, activation);
+}
+
+template <Family F>
+std::tuple<Tensor, Tensor> gated_backward(const Tensor& grad_out, const Tensor& gate,
+                                          const Tensor& value, std::string_view activation) {
+  refuse_tangent(grad_out);
+  refuse_tangent(gate);
+  refuse_tangent(value);
+  if (!torch::autograd::compute_requires_grad(grad_out, gate, value)) {
+    return below_autograd(ops(F).gated_backward, grad_out, gate, value, activation);
+  }
+  const auto grads = GatedBackwardFunction<F>::apply(grad_out, gate, value, activation);
+  return {grads[0], grads[1]};
+}
+
+template <Family F>
+void impl_autograd(torch::Library& m) {
+  const std::string prefix = kFamilyPrefixes[static_cast<int>(F)];
+  m.impl((prefix + "glu_forward").c_str(), &glu_forward<F>);
+  m.impl((prefix + "glu_backward").c_str(), &glu_backward<F>);
+  m.impl((prefix + "gated_forward").c_str(), &gated_forward<F>);
+  m.impl((prefix + "gated_backward").c_str(), &gated_backward<F>);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(glu_fused, Autograd, m) {
+  impl_autograd<Family::Native>(m);
+  impl_autograd<Family::Triton>(m);
+}
+
+}  // namespace glu_fused

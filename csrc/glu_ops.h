@@ -1,0 +1,53 @@
+// The ops of glu_fused, as the dispatcher knows them (schemas in glu_ops.cpp).
+//
+// Two families of the same four ops: the compiled extension's kernels ("native": CPU and
+// CUDA, glu_fused::glu_forward...) and the Triton kernels ("triton", glu_fused::triton_...,
+// implemented in Python by glu_fused/_triton/ops.py). Both share these schemas, their fake
+// (Meta) kernels and their autograd kernels (glu_autograd.cpp). The double-backward ops,
+// one for both families, are differentiable compositions of the reference
+// (glu_fused/_ops.py registers them).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <string_view>
+#include <tuple>
+
+namespace glu_fused {
+
+enum class Family : int { Native = 0, Triton = 1 };
+inline constexpr const char* kFamilyNames[] = {"native", "triton"};
+inline constexpr const char* kFamilyPrefixes[] = {"", "triton_"};
+
+using at::Tensor;
+using GluForward = Tensor(const Tensor&, int64_t, std::string_view, std::string_view, double,
+                          double);
+using GluBackward = Tensor(const Tensor&, const Tensor&, int64_t, std::string_view,
+                           std::string_view, double, double);
+using GatedForward = Tensor(const Tensor&, const Tensor&, std::string_view);
+using GatedBackward = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                 std::string_view);
+using GluDoubleBackward = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                     int64_t, std::string_view, std::string_view,
+                                                     double, double);
+using GatedDoubleBackward = std::tuple<Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, std::string_view);
+
+// A family's ops, found in the dispatcher once.
+struct Ops {
+  c10::TypedOperatorHandle<GluForward> glu_forward;
+  c10::TypedOperatorHandle<GluBackward> glu_backward;
+  c10::TypedOperatorHandle<GatedForward> gated_forward;
+  c10::TypedOperatorHandle<GatedBackward> gated_backward;
+  c10::TypedOperatorHandle<GluDoubleBackward> glu_double_backward;
+  c10::TypedOperatorHandle<GatedDoubleBackward> gated_double_backward;
+};
+
+const Ops& ops(Family family);
+
+// Whether CPU tensors run the CUDA kernels' thread code on the host ($GLU_FUSED_EMULATE_CUDA,
+// read when the extension loads; only where the CUDA kernels were built).
+bool emulates_cuda();
+
+}  // namespace glu_fused

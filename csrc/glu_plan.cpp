@@ -1,0 +1,329 @@
+#include "glu_plan.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <limits>
+#include <sstream>
+#include <string>
+
+namespace glu_fused {
+namespace {
+
+using at::Tensor;
+
+// Messages read as the reference's (Python) do: shapes as tuples, dtypes as torch.float32,
+// choices as a tuple of quoted names.
+std::string python_shape(c10::SymIntArrayRef shape) {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << (shape.size() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+std::string python_dtype(at::ScalarType type) {
+  return "torch." + std::string(c10::getDtypeNames(type).first);
+}
+
+template <typename Entries, typename Name>
+std::string python_choices(const Entries& entries, Name name) {
+  std::string out = "(";
+  bool first = true;
+  for (const auto& entry : entries) {
+    out += (first ? "'" : ", '") + std::string(name(entry)) + "'";
+    first = false;
+  }
+  return out + ")";
+}
+
+[[noreturn]] void unknown(const char* what, std::string_view name, const std::string& choices) {
+  TORCH_CHECK_VALUE(false, "glu_fused: unknown ", what, " '", name, "'; expected one of ",
+                    choices);
+}
+
+ScalarKind scalar_kind(const Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kHalf:
+      return ScalarKind::Half;
+    case at::kBFloat16:
+      return ScalarKind::BFloat16;
+    case at::kFloat:
+      return ScalarKind::Float;
+    case at::kDouble:
+      return ScalarKind::Double;
+    default:
+      TORCH_CHECK_TYPE(false, "glu_fused: ", name,
+                       " must be float16, bfloat16, float32 or float64, got ",
+                       python_dtype(t.scalar_type()));
+  }
+}
+
+int64_t split_dim(const Tensor& x, int64_t dim) {
+  const int64_t rank = x.dim();
+  TORCH_CHECK_VALUE(rank > 0, "glu_fused: cannot split a 0-dimensional tensor");
+  TORCH_CHECK_VALUE(dim >= -rank && dim < rank, "glu_fused: dim ", dim,
+                    " is out of range for a tensor of ", rank, " dimensions");
+  dim = dim < 0 ? dim + rank : dim;
+  const c10::SymInt& size = x.sym_size(dim);
+  TORCH_CHECK_VALUE(size % 2 == 0, "glu_fused: the size along dim ", dim,
+                    " must be even to split it in two, got ", size);
+  return dim;
+}
+
+void check_same(const Tensor& a, const Tensor& b, const char* a_name, const char* b_name) {
+  TORCH_CHECK_VALUE(a.sym_sizes() == b.sym_sizes(), "glu_fused: ", a_name, " and ", b_name,
+                    " must have the same shape, got ", python_shape(a.sym_sizes()), " and ",
+                    python_shape(b.sym_sizes()));
+  TORCH_CHECK_VALUE(a.scalar_type() == b.scalar_type(), "glu_fused: ", a_name, " and ", b_name,
+                    " must have the same dtype, got ", python_dtype(a.scalar_type()), " and ",
+                    python_dtype(b.scalar_type()));
+  TORCH_CHECK_VALUE(a.device() == b.device(), "glu_fused: ", a_name, " and ", b_name,
+                    " must have the same device, got ", a.device(), " and ", b.device());
+}
+
+// Dims [begin, end) as one (size, stride), if they are evenly strided; size-1 dims are free.
+bool collapse(const Tensor& t, int64_t begin, int64_t end, int64_t& size, int64_t& stride) {
+  size = 1;
+  stride = 0;
+  for (int64_t d = end - 1; d >= begin; --d) {
+    if (t.size(d) == 1) continue;
+    if (size == 1) {
+      stride = t.stride(d);
+    } else if (t.stride(d) != stride * size) {
+      return false;
+    }
+    size *= t.size(d);
+  }
+  return true;
+}
+
+// Where the gate and value of a packed tensor live (see glu_layout.h): in `x` itself, or in a
+// contiguous copy where its layout is not one the kernels walk directly.
+struct Pairs {
+  Tensor base;
+  int64_t gate_offset = 0;
+  int64_t value_offset = 0;
+  PairLayout layout;
+};
+
+Pairs packed_pairs(const Tensor& input, int64_t dim, bool interleaved, bool gate_is_second) {
+  Tensor x = input;
+  const int64_t half = x.size(dim) / 2;
+  int64_t outer, outer_stride, inner, inner_stride;
+  const bool direct = collapse(x, 0, dim, outer, outer_stride) &&
+                      collapse(x, dim + 1, x.dim(), inner, inner_stride) &&
+                      (inner == 1 ? (half == 0 || x.stride(dim) == 1) : inner_stride == 1);
+  if (!direct) {
+    x = x.contiguous();
+    collapse(x, 0, dim, outer, outer_stride);
+    collapse(x, dim + 1, x.dim(), inner, inner_stride);
+  }
+  const int64_t split_stride = x.stride(dim);
+  PairLayout layout;
+  int64_t second;
+  if (inner == 1) {
+    layout.runs = outer;
+    layout.run_len = half;
+    layout.outer_stride = outer_stride;
+    layout.elem_stride = interleaved ? 2 : 1;
+    second = interleaved ? 1 : half;
+  } else {
+    layout.runs = outer * half;
+    layout.run_len = inner;
+    layout.runs_per_outer = std::max<int64_t>(half, 1);
+    layout.outer_stride = outer_stride;
+    layout.run_stride = interleaved ? 2 * split_stride : split_stride;
+    second = interleaved ? split_stride : half * split_stride;
+  }
+  return {x, gate_is_second ? second : 0, gate_is_second ? 0 : second, layout};
+}
+
+// Rows of a tensor whose last dim is contiguous: gated()'s layout.
+bool rows_layout(const Tensor& t, PairLayout& layout) {
+  if (t.is_contiguous()) {
+    layout.runs = 1;
+    layout.run_len = t.numel();
+    return true;
+  }
+  int64_t rows, row_stride;
+  if (t.stride(-1) != 1 || !collapse(t, 0, t.dim() - 1, rows, row_stride)) return false;
+  layout.runs = rows;
+  layout.run_len = t.size(-1);
+  layout.outer_stride = row_stride;
+  return true;
+}
+
+// $GLU_FUSED_POISON_OUTPUTS: every result is filled with NaN before its kernel runs, so a test
+// sees any element a kernel forgets to write.
+const bool kPoisonOutputs = env_flag("GLU_FUSED_POISON_OUTPUTS");
+
+Tensor new_result(at::IntArrayRef shape, const Tensor& like) {
+  Tensor out = at::empty(shape, like.options());
+  if (kPoisonOutputs) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
+}  // namespace
+
+bool env_flag(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && std::string_view(value) != "0";
+}
+
+const PackedFunction& packed_function(std::string_view name) {
+  for (const auto& f : kPackedFunctions) {
+    if (name == f.name) return f;
+  }
+  unknown("function", name, python_choices(kPackedFunctions, [](auto& f) { return f.name; }));
+}
+
+Activation gate_activation(std::string_view name) {
+  for (const auto& a : kGateActivations) {
+    if (name == a.name) return a.activation;
+  }
+  unknown("activation", name, python_choices(kGateActivations, [](auto& a) { return a.name; }));
+}
+
+bool is_interleaved(std::string_view layout) {
+  if (layout == kLayouts[0]) return false;
+  if (layout == kLayouts[1]) return true;
+  unknown("layout", layout, python_choices(kLayouts, [](const char* l) { return l; }));
+}
+
+PackedArgs check_packed(const Tensor& x, int64_t dim, std::string_view function,
+                        std::string_view layout, double alpha, double limit) {
+  const PackedFunction& f = packed_function(function);
+  const ScalarKind kind = scalar_kind(x, "x");
+  const bool interleaved = is_interleaved(layout);
+  return {split_dim(x, dim), &f, interleaved, {kind, f.activation, alpha, limit}};
+}
+
+void check_packed_grad(const Tensor& grad_out, const Tensor& x, int64_t dim) {
+  const auto expected = halved_shape(x, dim);
+  TORCH_CHECK_VALUE(grad_out.sym_sizes() == c10::SymIntArrayRef(expected),
+                    "glu_fused: grad_out has shape ", python_shape(grad_out.sym_sizes()),
+                    ", expected ", python_shape(expected));
+  TORCH_CHECK_VALUE(
+      grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(),
+      "glu_fused: grad_out must match the input's dtype and device");
+}
+
+ActivationCall check_gated(const Tensor& gate, const Tensor& value, std::string_view activation) {
+  const ScalarKind kind = scalar_kind(gate, "gate");
+  scalar_kind(value, "value");
+  check_same(gate, value, "gate", "value");
+  return {kind, gate_activation(activation), 0.0, 0.0};
+}
+
+void check_gated_grad(const Tensor& grad_out, const Tensor& gate) {
+  check_same(grad_out, gate, "grad_out", "gate");
+}
+
+std::vector<c10::SymInt> halved_shape(const Tensor& x, int64_t dim) {
+  auto shape = x.sym_sizes().vec();
+  shape[dim] = shape[dim] / 2;
+  return shape;
+}
+
+const void* Operand::data() const {
+  return static_cast<const char*>(tensor.const_data_ptr()) + offset * tensor.element_size();
+}
+
+void* Operand::mutable_data() const {
+  return static_cast<char*>(tensor.mutable_data_ptr()) + offset * tensor.element_size();
+}
+
+ForwardCall ForwardPlan::call() const { return {op, in, gate.data(), value.data(), out.mutable_data_ptr()}; }
+
+BackwardCall BackwardPlan::call() const {
+  return {op,      in,      gate.data(),          value.data(),
+          grad_out.const_data_ptr(), grad_in, grad_gate.mutable_data(), grad_value.mutable_data()};
+}
+
+ForwardPlan plan_glu_forward(const Tensor& x, int64_t dim, std::string_view function,
+                             std::string_view layout, double alpha, double limit) {
+  const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
+  ForwardPlan plan;
+  plan.op = args.op;
+  plan.out = new_result(c10::asIntArrayRefUnchecked(halved_shape(x, args.dim)), x);
+  if (plan.empty()) return plan;
+  const Pairs pairs = packed_pairs(x, args.dim, args.interleaved, args.function->gate_is_second);
+  plan.in = pairs.layout;
+  plan.gate = {pairs.base, pairs.gate_offset};
+  plan.value = {pairs.base, pairs.value_offset};
+  return plan;
+}
+
+BackwardPlan plan_glu_backward(const Tensor& grad_out, const Tensor& x, int64_t dim,
+                               std::string_view function, std::string_view layout, double alpha,
+                               double limit) {
+  const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
+  check_packed_grad(grad_out, x, args.dim);
+  BackwardPlan plan;
+  plan.op = args.op;
+  plan.grad_first = new_result(x.sizes(), x);
+  if (plan.empty()) return plan;
+  const bool second = args.function->gate_is_second;
+  const Pairs in = packed_pairs(x, args.dim, args.interleaved, second);
+  const Pairs grad = packed_pairs(plan.grad_first, args.dim, args.interleaved, second);
+  plan.in = in.layout;
+  plan.gate = {in.base, in.gate_offset};
+  plan.value = {in.base, in.value_offset};
+  plan.grad_out = grad_out.contiguous();
+  plan.grad_in = grad.layout;
+  plan.grad_gate = {plan.grad_first, grad.gate_offset};
+  plan.grad_value = {plan.grad_first, grad.value_offset};
+  return plan;
+}
+
+namespace {
+
+// gate and value as two tensors that share one layout (copies where they do not).
+PairLayout gated_layout(Tensor& gate, Tensor& value) {
+  PairLayout layout;
+  if (gate.strides() == value.strides() && rows_layout(gate, layout)) return layout;
+  gate = gate.contiguous();
+  value = value.contiguous();
+  rows_layout(gate, layout);
+  return layout;
+}
+
+}  // namespace
+
+ForwardPlan plan_gated_forward(const Tensor& gate_in, const Tensor& value_in,
+                               std::string_view activation) {
+  ForwardPlan plan;
+  plan.op = check_gated(gate_in, value_in, activation);
+  plan.out = new_result(gate_in.sizes(), gate_in);
+  if (plan.empty()) return plan;
+  Tensor gate = gate_in, value = value_in;
+  plan.in = gated_layout(gate, value);
+  plan.gate = {gate};
+  plan.value = {value};
+  return plan;
+}
+
+BackwardPlan plan_gated_backward(const Tensor& grad_out, const Tensor& gate_in,
+                                 const Tensor& value_in, std::string_view activation) {
+  BackwardPlan plan;
+  plan.op = check_gated(gate_in, value_in, activation);
+  check_gated_grad(grad_out, gate_in);
+  plan.grad_first = new_result(gate_in.sizes(), gate_in);
+  plan.grad_second = new_result(gate_in.sizes(), gate_in);
+  if (plan.empty()) return plan;
+  Tensor gate = gate_in, value = value_in;
+  plan.in = gated_layout(gate, value);
+  plan.gate = {gate};
+  plan.value = {value};
+  plan.grad_out = grad_out.contiguous();
+  // The gradients are dense: the same rows, one after another.
+  plan.grad_in = plan.in;
+  plan.grad_in.outer_stride = plan.in.run_len;
+  plan.grad_gate = {plan.grad_first};
+  plan.grad_value = {plan.grad_second};
+  return plan;
+}
+
+}  // namespace glu_fused

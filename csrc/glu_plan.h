@@ -1,0 +1,87 @@
+// One op call planned before anything runs: its arguments checked (the errors every backend
+// raises), its results allocated, and where the kernels read and write described as
+// PairLayouts. The CPU and CUDA kernels carry a plan out (glu_ops.cpp); the Triton
+// kernels get the same plan through the Python module (glu_python.cpp), so a call is
+// checked and laid out by this one file whichever backend runs it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+
+#include <string_view>
+#include <vector>
+
+#include "glu_functions.h"
+#include "glu_kernels.h"
+
+namespace glu_fused {
+
+// A switch of the environment, as the extension reads them once, when it loads: set and not "0".
+bool env_flag(const char* name);
+
+// Table lookups: a ValueError naming the choices for an unknown name.
+const PackedFunction& packed_function(std::string_view name);
+Activation gate_activation(std::string_view name);
+bool is_interleaved(std::string_view layout);
+
+// The checked arguments of a packed op: dim made non-negative, and its function and layout.
+struct PackedArgs {
+  int64_t dim;
+  const PackedFunction* function;
+  bool interleaved;
+  ActivationCall op;
+};
+
+// Checks in the order the reference (glu_fused/_checks.py) does, with the same messages:
+// function, dtype, layout, dim. Shapes are read symbolically, so fake tensors with dynamic
+// shapes (torch.compile) are checked by the same code.
+PackedArgs check_packed(const at::Tensor& x, int64_t dim, std::string_view function,
+                        std::string_view layout, double alpha, double limit);
+void check_packed_grad(const at::Tensor& grad_out, const at::Tensor& x, int64_t dim);
+ActivationCall check_gated(const at::Tensor& gate, const at::Tensor& value,
+                           std::string_view activation);
+void check_gated_grad(const at::Tensor& grad_out, const at::Tensor& gate);
+
+// x's shape with `dim` halved: the packed forward's result.
+std::vector<c10::SymInt> halved_shape(const at::Tensor& x, int64_t dim);
+
+// A tensor that a kernel reads or writes from `offset` elements past its data pointer.
+struct Operand {
+  at::Tensor tensor;
+  int64_t offset = 0;
+  const void* data() const;
+  void* mutable_data() const;
+};
+
+struct ForwardPlan {
+  at::Tensor out;
+  ActivationCall op;
+  PairLayout in;
+  Operand gate, value;
+  bool empty() const { return out.numel() == 0; }
+  ForwardCall call() const;
+};
+
+struct BackwardPlan {
+  at::Tensor grad_first, grad_second;  // packed: grad_x and undefined; gated: grad_gate, grad_value
+  ActivationCall op;
+  PairLayout in;
+  Operand gate, value;
+  at::Tensor grad_out;  // contiguous
+  PairLayout grad_in;
+  Operand grad_gate, grad_value;
+  bool empty() const { return grad_first.numel() == 0; }
+  BackwardCall call() const;
+};
+
+ForwardPlan plan_glu_forward(const at::Tensor& x, int64_t dim, std::string_view function,
+                             std::string_view layout, double alpha, double limit);
+BackwardPlan plan_glu_backward(const at::Tensor& grad_out, const at::Tensor& x, int64_t dim,
+                               std::string_view function, std::string_view layout, double alpha,
+                               double limit);
+ForwardPlan plan_gated_forward(const at::Tensor& gate, const at::Tensor& value,
+                               std::string_view activation);
+BackwardPlan plan_gated_backward(const at::Tensor& grad_out, const at::Tensor& gate,
+                                 const at::Tensor& value, std::string_view activation);
+
+}  // namespace glu_fused

@@ -1,0 +1,49 @@
+"""The Triton kernels as the implementations of the triton family's ops, for CUDA (and
+ROCm) tensors, and for CPU tensors under Triton's interpreter.
+
+Each call is planned by the extension, as the CPU and CUDA kernels' are
+(glu_fused._C.plan_*: arguments checked, results allocated, layouts found), then launched
+once (launch.py). The ops' schemas, fake kernels and autograd are the extension's too.
+"""
+
+import torch
+
+from .._extension import _C
+from . import INTERPRETER
+
+
+def _launch(kernel: str, plan: dict | None, like: torch.Tensor) -> None:
+    if plan is not None:
+        from . import launch  # imports triton: at the first call only
+
+        launch.launch(kernel, plan, like)
+
+
+def glu_forward(x, dim, function, layout, alpha, limit):
+    out, plan = _C.plan_glu_forward(x, dim, function, layout, alpha, limit)
+    _launch("forward", plan, x)
+    return out
+
+
+def glu_backward(grad_out, x, dim, function, layout, alpha, limit):
+    grad_x, plan = _C.plan_glu_backward(grad_out, x, dim, function, layout, alpha, limit)
+    _launch("backward", plan, x)
+    return grad_x
+
+
+def gated_forward(gate, value, activation):
+    out, plan = _C.plan_gated_forward(gate, value, activation)
+    _launch("forward", plan, gate)
+    return out
+
+
+def gated_backward(grad_out, gate, value, activation):
+    grads, plan = _C.plan_gated_backward(grad_out, gate, value, activation)
+    _launch("backward", plan, gate)
+    return grads
+
+
+_lib = torch.library.Library("glu_fused", "IMPL")
+for _op in (glu_forward, glu_backward, gated_forward, gated_backward):
+    for _key in ("CUDA", "CPU") if INTERPRETER else ("CUDA",):
+        _lib.impl(f"triton_{_op.__name__}", _op, _key)
