@@ -277,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=344, help="GatedMLP hidden units (~8/3 width)")
-    p.add_argument("--activation", default="silu", help="silu, gelu, gelu_tanh, relu, sigmoid")
+    p.add_argument("--activation", default="silu", choices=glu_fused.ACTIVATIONS)
     p.add_argument("--layout", default="halves", choices=("halves", "interleaved"))
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -123,3 +123,36 @@ def test_unknown_backend_name():
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         with glu_fused.use_backend("fast"):
             pass
+
+
+# Bad calls of the public API, each with the error it must raise.
+BAD_CALLS = {
+    "odd size": lambda d: glu_fused.swiglu(torch.randn(4, 7, device=d)),
+    "dim out of range": lambda d: glu_fused.glu(torch.randn(4, 8, device=d), -3),
+    "0-dimensional": lambda d: glu_fused.reglu(torch.tensor(1.0, device=d)),
+    "unknown layout": lambda d: glu_fused.geglu(torch.randn(4, 8, device=d), layout="pairs"),
+    "non-floating x": lambda d: glu_fused.glu(torch.ones(4, 8, dtype=torch.int32, device=d)),
+    "unknown activation": lambda d: glu_fused.gated(*torch.randn(2, 3, device=d), "swish"),
+    "shapes differ": lambda d: glu_fused.gated(
+        torch.randn(3, 4, device=d), torch.randn(3, 5, device=d)
+    ),
+    "dtypes differ": lambda d: glu_fused.gated(
+        torch.randn(3, 4, device=d), torch.randn(3, 4, device=d, dtype=torch.float64)
+    ),
+    "non-floating gate": lambda d: glu_fused.gated(
+        torch.ones(3, 4, dtype=torch.int64, device=d), torch.randn(3, 4, device=d)
+    ),
+}
+
+
+def _error_of(call, backend):
+    with glu_fused.use_backend(backend), pytest.raises((ValueError, TypeError)) as caught:
+        call(device_of(backend))
+    return type(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("call", list(BAD_CALLS))
+@pytest.mark.parametrize("backend_name", backend_params(("cpu", "cuda", "triton")))
+def test_ops_and_reference_give_the_same_error(backend_name, call):
+    """The ops check in C++, the reference in Python: the same exception, word for word."""
+    assert _error_of(BAD_CALLS[call], backend_name) == _error_of(BAD_CALLS[call], "reference")

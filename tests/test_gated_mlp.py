@@ -16,20 +16,14 @@ from conftest import TOLERANCES, backend_params, device_of
 from torch import nn
 
 import glu_fused
-from glu_fused import reference
+from glu_fused import _table, reference
 from glu_fused.nn import GatedMLP, infer_activation
 
 IN, HIDDEN, OUT = 24, 40, 16
 LAYOUTS = ("halves", "interleaved")
 
-# act(gate) for each activation name, as the unfused MLP of a model would compute it.
-TORCH_ACTIVATIONS = {
-    "silu": nn.SiLU(),
-    "gelu": nn.GELU(),
-    "gelu_tanh": nn.GELU(approximate="tanh"),
-    "relu": nn.ReLU(),
-    "sigmoid": nn.Sigmoid(),
-}
+# act(gate) for each activation name, as the unfused MLP of a model computes it.
+TORCH_ACTIVATIONS = {name: a.torch_form for name, a in _table.GATE_ACTIVATIONS.items()}
 
 
 class UnfusedMLP(nn.Module):
