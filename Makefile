@@ -1,9 +1,11 @@
 # make test: install what is missing, build the extension, lint, run the tests.
-# make bench: measure (see bench/).
+# make test-oldest: the same tests against the oldest torch supported (2.11, Python 3.12).
+# make bench: measure (see bench/). make gpu-check: a first GPU run (see bench/gpu_check.py).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: test test-cuda-emulated install deps bench-deps lint bench clean
+.PHONY: test test-cuda-emulated test-oldest gpu-check-dry-run install deps bench-deps lint bench \
+	gpu-check wheelhouse clean
 
 test: install lint
 	$(PYTHON) -m pytest -q tests
@@ -13,10 +15,33 @@ test: install lint
 # the host ($GLU_FUSED_EMULATE_CUDA): the CUDA paths' indexing, vectors and tails, without a GPU.
 EMULATED_SUITES := tests/test_numerics.py tests/test_extremes.py tests/test_determinism.py \
 	tests/test_autograd.py tests/test_gpu.py
+# Under CI=true the CUDA kernels must be there: a CI that cannot build them fails, not skips.
 test-cuda-emulated:
 	@if $(PYTHON) -c "import sys, glu_fused._C as c; sys.exit(not c.WITH_CUDA)"; then \
 		GLU_FUSED_EMULATE_CUDA=1 $(PYTHON) -m pytest -q -k "cpu or emulation" $(EMULATED_SUITES); \
+	elif [ "$$CI" = true ]; then echo "CI: glu_fused was built without CUDA kernels"; exit 1; \
 	else echo "glu_fused was built without CUDA kernels: no emulated run"; fi
+
+# The oldest torch supported, as the GPU machine has it: torch 2.11.0 and triton 3.6.0 on
+# Python 3.12 (pyenv's), in a virtual environment of its own. The extension is built in place
+# beside the newest one's (another Python, another file name) and the whole suite runs.
+OLDEST_PYTHON ?= $(shell pyenv prefix 3.12 2>/dev/null)/bin/python
+OLDEST_VENV := .venv-oldest
+OLDEST := $(OLDEST_VENV)/bin/python
+OLDEST_PACKAGES := torch==2.11.0 triton==3.6.0 "setuptools>=64" wheel ninja "pytest>=7" numpy \
+	expecttest "transformers>=5" matplotlib
+test-oldest:
+	@test -x $(OLDEST) || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST) -m pip install -q $(OLDEST_PACKAGES)
+	TORCH_CUDA_ARCH_LIST="9.0" $(OLDEST) setup.py -q build_ext --inplace
+	$(OLDEST) -c "import glu_fused, torch, triton; print('oldest:', torch.__version__, \
+		triton.__version__, glu_fused.backend_status())"
+	$(OLDEST) -m pytest -q tests
+	$(MAKE) test-cuda-emulated PYTHON=$(OLDEST)
+
+# make gpu-check's stages on the CPU, small: its plumbing, so that a GPU run cannot die of a typo.
+gpu-check-dry-run:
+	$(PYTHON) bench/gpu_check.py --tiny
 
 # torch only if absent: where pip is capped at torch 2.14.1 that is the CUDA 13.0 build,
 # which lets the CUDA kernels compile without a GPU.
@@ -44,6 +69,20 @@ lint: deps
 # On the GPU when there is one, else the CPU; BENCH_ARGS narrows it (bench/run.py --help).
 bench: install
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+# On a machine with a CUDA GPU, offline: build for its GPU, GPU tests, compute-sanitizer,
+# benchmark; results in bench/results/<gpu>/ (bench/gpu_check.py). No install step: it must
+# run on what that machine has, plus wheelhouse/.
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+# The wheels the GPU machine lacks (Python 3.12, no network there), for make gpu-check.
+WHEELHOUSE_PACKAGES := liger-kernel expecttest
+wheelhouse:
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d wheelhouse \
+		$(WHEELHOUSE_PACKAGES)
+	@ls wheelhouse
 
 clean:
 	rm -rf build *.egg-info glu_fused/_C*.so

@@ -9,32 +9,28 @@ from dataclasses import dataclass
 
 import torch
 
+from glu_fused import _table
+
 
 @dataclass(frozen=True)
 class BenchFunction:
     """One function of the sweep: `api` of glu_fused (and of glu_fused.reference) called with
-    `kwargs`. Each uses its default layout: halves, but interleaved for clamped_swiglu, as
-    gpt-oss packs it."""
+    `kwargs`, in its default `layout`: halves, but interleaved for clamped_swiglu, as gpt-oss
+    packs it. From the table of functions (glu_fused._table)."""
 
     name: str
     api: str
-    kwargs: tuple[tuple[str, str], ...] = ()
+    kwargs: tuple[tuple[str, str], ...]
+    layout: str
+    activation: str
 
     def call_kwargs(self) -> dict[str, str]:
         return dict(self.kwargs)
 
 
 FUNCTIONS: dict[str, BenchFunction] = {
-    f.name: f
-    for f in (
-        BenchFunction("glu", "glu"),
-        BenchFunction("swiglu", "swiglu"),
-        BenchFunction("geglu", "geglu"),
-        # Gemma's GeGLU, and the one Liger-Kernel implements.
-        BenchFunction("geglu_tanh", "geglu", (("approximate", "tanh"),)),
-        BenchFunction("reglu", "reglu"),
-        BenchFunction("clamped_swiglu", "clamped_swiglu"),
-    )
+    f.name: BenchFunction(f.name, f.public, f.options, f.layout, f.activation.name)
+    for f in _table.PACKED_FUNCTIONS.values()
 }
 
 DTYPES: dict[str, torch.dtype] = {

@@ -1,6 +1,13 @@
-"""The contenders: each of our backends that runs natively on the device, and the peers
-(F.glu where it applies, the eager reference, torch.compile of the reference, Liger-Kernel
-where it is importable and has the function)."""
+"""The contenders: each of our backends that runs natively on the device, and the peers, the
+code users would run instead:
+
+- "eager": what users write in PyTorch, in the input's dtype: `F.glu(x)` for glu (so F.glu is
+  this peer), `F.silu(gate) * up` (LLaMA, Mistral, Qwen), `F.gelu(gate) * up`,
+  `F.gelu(gate, approximate="tanh") * up` (Gemma), `F.relu(gate) * up`, and gpt-oss's clamped
+  SwiGLU as transformers writes it (`GptOssExperts._apply_gate`);
+- "compile": torch.compile of that code;
+- "liger": Liger-Kernel where it is importable and has the function (GPU).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from cases import BenchFunction
 from report import OURS_PREFIX
 
 import glu_fused
-from glu_fused import reference
+from glu_fused import _table
 from glu_fused.backends import BACKENDS
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -60,16 +67,38 @@ def _ours(function: BenchFunction, backend: str) -> Contender:
     )
 
 
-def _eager(function: BenchFunction) -> Fn:
-    api = getattr(reference, function.api)
-    kwargs = function.call_kwargs()
-    return lambda x: api(x, **kwargs)
+def gpt_oss_apply_gate(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """transformers' GptOssExperts._apply_gate, line for line (tests/test_bench.py holds the
+    two equal where transformers is installed)."""
+    gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+    gate = gate.clamp(min=None, max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    glu = gate * torch.sigmoid(gate * alpha)
+    gated_output = (up + 1) * glu
+    return gated_output
+
+
+def user_code(function: BenchFunction) -> Fn:
+    """The function as PyTorch users write it, in the input's dtype (see the module's
+    docstring)."""
+    if function.name == "glu":
+        return lambda x: F.glu(x, -1)
+    if function.name == "clamped_swiglu":
+        alpha, limit = _table.DEFAULT_ALPHA, _table.DEFAULT_LIMIT
+        return lambda x: gpt_oss_apply_gate(x, alpha, limit)
+    act = _table.ACTIVATIONS[function.activation].torch_form
+
+    def gated(x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return act(gate) * up
+
+    return gated
 
 
 def _compiled(function: BenchFunction) -> Fn:
-    """torch.compile of the reference with the token dim dynamic: one compile per function,
+    """torch.compile of the user's code with the token dim dynamic: one compile per function,
     dtype and hidden size, as a training run with varying sequence lengths gets."""
-    compiled = torch.compile(_eager(function))
+    compiled = torch.compile(user_code(function))
 
     def run(x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > 1:  # a marked size-1 dim would send dynamo back to tracing each call
@@ -96,19 +125,20 @@ def _liger(function: BenchFunction) -> Fn | None:
     return None
 
 
+PEERS = ("eager", "compile", "liger")
+
+
 def make_contenders(
     function: BenchFunction, device: torch.device, wanted: set[str] | None = None
 ) -> list[Contender]:
     """Every contender for `function` on `device` (or those named in `wanted`: ours:<backend>,
-    F.glu, eager, compile, liger). Build them afresh for each function, dtype and hidden size:
-    the compiled one keeps its graphs."""
+    eager, compile, liger). Build them afresh for each function, dtype and hidden size: the
+    compiled one keeps its graphs."""
     ours_names = native_backends(device)
     if wanted is not None:  # a backend asked for by name runs even off its native device
         ours_names = [n for n in BACKENDS if n != "reference" and OURS_PREFIX + n in wanted]
     contenders = [_ours(function, name) for name in ours_names]
-    if function.name == "glu":
-        contenders.append(Contender("F.glu", lambda x: F.glu(x, -1)))
-    contenders.append(Contender("eager", _eager(function)))
+    contenders.append(Contender("eager", user_code(function)))
     contenders.append(Contender("compile", _compiled(function)))
     liger_wanted = device.type == "cuda" if wanted is None else "liger" in wanted
     if liger_wanted and liger_available():

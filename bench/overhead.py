@@ -118,7 +118,7 @@ def table(results: list[tuple[Row, float, float]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shape", default="2x16", help="the input's shape, e.g. 2x16")
@@ -126,7 +126,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=31, help="batches per contender")
     parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shape = tuple(int(n) for n in args.shape.split("x"))

@@ -1,6 +1,9 @@
 """The results as rows (time, effective bandwidth, % of the copy bandwidth, speedup over the
-fastest peer), a terminal table and a Markdown summary. Everything here reads the JSON-shaped
-dicts that run.py writes, so a report can be remade from a results file."""
+fastest peer, error against float64), a terminal table and a Markdown summary. Everything here
+reads the JSON-shaped dicts that run.py writes, so a report can be remade from a results file.
+
+Two clocks where the device has them: `eager` (time per eager call, the host's work included)
+and `kernel` (CUDA graph replays: the GPU's work alone). Speedups compare like with like."""
 
 from __future__ import annotations
 
@@ -8,6 +11,12 @@ from dataclasses import dataclass
 
 OURS_PREFIX = "ours:"  # the contender names of our backends: ours:cuda, ours:triton, ours:cpu
 LARGE_INPUT_BYTES = 64 << 20  # docs/contract.md holds kernels to 90% of copy bandwidth from here
+# The checks each direction's timing relies on (measure.NEEDS).
+CHECKS_OF = {
+    "forward": ("forward",),
+    "backward": ("gradient",),
+    "forward+backward": ("forward", "gradient"),
+}
 
 
 @dataclass(frozen=True)
@@ -21,15 +30,39 @@ class Row:
     input_bytes: int
     direction: str
     contender: str
-    ms: float
-    gb_per_s: float
+    ms: float  # per eager call
+    kernel_ms: float | None  # per call, replayed in a CUDA graph; None without one
+    gb_per_s: float  # from the kernel time where there is one
     pct_of_copy: float
     best_peer: str | None
     speedup_vs_best_peer: float | None  # best peer's ms / this one's: > 1 is faster
+    best_kernel_peer: str | None
+    kernel_speedup_vs_best_peer: float | None
+    error: float | None  # worst |err| / glu_fused's bound over what the direction returns
 
     @property
     def is_ours(self) -> bool:
         return self.contender.startswith(OURS_PREFIX)
+
+
+def _best_peer(times: dict[str, float]) -> str | None:
+    peers = {n: ms for n, ms in times.items() if not n.startswith(OURS_PREFIX)}
+    return min(peers, key=peers.__getitem__) if peers else None
+
+
+def _speedup(name: str, times: dict[str, float], best: str | None) -> float | None:
+    if best is None or not name.startswith(OURS_PREFIX) or name not in times:
+        return None
+    return times[best] / times[name]
+
+
+def error_of(case: dict, name: str, direction: str) -> float | None:
+    """The contender's worst error on what `direction` returns, in units of glu_fused's
+    bound (<= 1: as accurate as glu_fused promises)."""
+    found = case.get("errors", {}).get(name)
+    if not found:
+        return None
+    return max(found[check]["bound_ratio"] for check in CHECKS_OF[direction])
 
 
 def rows(results: dict) -> list[Row]:
@@ -38,13 +71,11 @@ def rows(results: dict) -> list[Row]:
     out = []
     for case in results["cases"]:
         for d in case["directions"]:
-            peers = {n: ms for n, ms in d["median_ms"].items() if not n.startswith(OURS_PREFIX)}
-            best_peer = min(peers, key=peers.__getitem__) if peers else None
-            for name, ms in d["median_ms"].items():
-                gbps = d["bytes_moved"] / ms / 1e6
-                speedup = None
-                if best_peer is not None and name.startswith(OURS_PREFIX):
-                    speedup = peers[best_peer] / ms
+            eager, kernel = d["median_ms"], d.get("kernel_ms", {})
+            best, best_kernel = _best_peer(eager), _best_peer(kernel)
+            for name, ms in eager.items():
+                kernel_ms = kernel.get(name)
+                gbps = d["bytes_moved"] / (kernel_ms or ms) / 1e6
                 out.append(
                     Row(
                         case["function"],
@@ -55,10 +86,14 @@ def rows(results: dict) -> list[Row]:
                         d["direction"],
                         name,
                         ms,
+                        kernel_ms,
                         gbps,
                         100 * gbps / copy_gbps,
-                        best_peer,
-                        speedup,
+                        best,
+                        _speedup(name, eager, best),
+                        best_kernel,
+                        _speedup(name, kernel, best_kernel),
+                        error_of(case, name, d["direction"]),
                     )
                 )
     return out
@@ -72,24 +107,37 @@ def contender_order(results: dict) -> list[str]:
     return sorted(names, key=lambda n: not n.startswith(OURS_PREFIX))
 
 
+def has_kernel_times(results: dict) -> bool:
+    return any(d.get("kernel_ms") for c in results["cases"] for d in c["directions"])
+
+
 def _mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.3g}"
 
 
-def _speedup(value: float | None) -> str:
+def _ratio(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" + (" !" if value < 1.0 else "")
 
 
+def _error(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
 def detail_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one row per case and direction, the contenders' ms side by side, then
-    for each of ours its GB/s, % of copy and speedup over the fastest peer ('!' when slower)."""
+    """Header and rows: one row per case and direction; per contender its ms per eager call
+    (and kernel ms on a GPU) and its error (in units of glu_fused's bound); then for each of
+    ours its GB/s, % of copy and speedup over the fastest peer ('!' when slower)."""
     names = contender_order(results)
+    kernel = has_kernel_times(results)
     ours = [n for n in names if n.startswith(OURS_PREFIX)]
-    header = ["function", "dtype", "shape", "MiB", "direction", *(f"{n} ms" for n in names)]
+    header = ["function", "dtype", "shape", "MiB", "direction"]
+    for n in names:
+        header += [f"{n} ms", *([f"{n} kernel ms"] if kernel else []), f"{n} err"]
     for n in ours:
         header += [f"{n} GB/s", f"{n} % copy", f"{n} speedup"]
+        header += [f"{n} kernel speedup"] if kernel else []
     by_key: dict[tuple, dict[str, Row]] = {}
     for r in rows(results):
         by_key.setdefault((r.function, r.dtype, r.tokens, r.hidden, r.direction), {})[
@@ -108,20 +156,30 @@ def detail_table(results: dict) -> tuple[list[str], list[list[str]]]:
                 d["direction"],
             ]
             for n in names:
-                line.append(f"{timed[n].ms:.4g}" if n in timed else _why_missing(case, d, n))
+                r = timed.get(n)
+                if r is None:
+                    line += [_why_missing(case, d, n)] * (2 if kernel else 1)
+                else:
+                    line.append(f"{r.ms:.4g}")
+                    if kernel:
+                        line.append(f"{r.kernel_ms:.4g}" if r.kernel_ms else "-")
+                line.append(_error(error_of(case, n, d["direction"])))
             for n in ours:
                 r = timed.get(n)
-                line += (
-                    [f"{r.gb_per_s:.1f}", f"{r.pct_of_copy:.0f}", _speedup(r.speedup_vs_best_peer)]
+                cells = (
+                    [f"{r.gb_per_s:.1f}", f"{r.pct_of_copy:.0f}", _ratio(r.speedup_vs_best_peer)]
                     if r
                     else ["-", "-", "-"]
                 )
+                if kernel:
+                    cells.append(_ratio(r.kernel_speedup_vs_best_peer) if r else "-")
+                line += cells
             table.append(line)
     return header, table
 
 
 def _why_missing(case: dict, direction: dict, name: str) -> str:
-    status = case["status"].get(name)
+    status = case["status"].get(name, {}).get(direction["direction"])
     if status is None:
         return "n/a"
     if status != "ok":
@@ -129,7 +187,7 @@ def _why_missing(case: dict, direction: dict, name: str) -> str:
     return "FAILED" if name in direction["failed"] or "timing" in direction["failed"] else "-"
 
 
-TEXT_COLUMNS = {"function", "dtype", "shape", "direction", "backend"}
+TEXT_COLUMNS = {"function", "dtype", "shape", "direction", "backend", "contender"}
 
 
 def _is_text(column: str) -> bool:
@@ -159,10 +217,20 @@ def markdown_table(header: list[str], table: list[list[str]]) -> list[str]:
     ]
 
 
+def _lowest(group: list[Row], speedup: str, peer: str) -> str:
+    with_peer = [r for r in group if getattr(r, speedup) is not None]
+    if not with_peer:
+        return "-"
+    worst = min(with_peer, key=lambda r: getattr(r, speedup))
+    return f"{_ratio(getattr(worst, speedup))} ({_mib(worst.input_bytes)}, {getattr(worst, peer)})"
+
+
 def summary(results: dict) -> tuple[list[str], list[list[str]]]:
     """Per function, dtype, direction and our backend: % of the copy bandwidth at the largest
     input (and the lowest over inputs of 64 MiB and more), and the speedup over the fastest
-    peer, lowest over all sizes and at the largest."""
+    peer, at the largest and lowest over all sizes: per eager call, and in kernel time where
+    there is one."""
+    kernel = has_kernel_times(results)
     groups: dict[tuple[str, str, str, str], list[Row]] = {}
     for r in rows(results):
         if r.is_ours:
@@ -178,28 +246,54 @@ def summary(results: dict) -> tuple[list[str], list[list[str]]]:
         "speedup at largest",
         "lowest speedup (at MiB, vs)",
     ]
+    if kernel:
+        header += ["kernel speedup at largest", "lowest kernel speedup (at MiB, vs)"]
     table = []
     for (function, dtype, direction, name), group in groups.items():
         largest = max(group, key=lambda r: r.input_bytes)
         large = [r for r in group if r.input_bytes >= LARGE_INPUT_BYTES]
-        with_peer = [r for r in group if r.speedup_vs_best_peer is not None]
-        worst = min(with_peer, key=lambda r: r.speedup_vs_best_peer) if with_peer else None
-        table.append(
-            [
-                function,
-                dtype,
-                direction,
-                name.removeprefix(OURS_PREFIX),
-                _mib(largest.input_bytes),
-                f"{largest.pct_of_copy:.0f}",
-                f"{min(r.pct_of_copy for r in large):.0f}" if large else "-",
-                _speedup(largest.speedup_vs_best_peer),
-                f"{_speedup(worst.speedup_vs_best_peer)} ({_mib(worst.input_bytes)}, "
-                f"{worst.best_peer})"
-                if worst
-                else "-",
+        line = [
+            function,
+            dtype,
+            direction,
+            name.removeprefix(OURS_PREFIX),
+            _mib(largest.input_bytes),
+            f"{largest.pct_of_copy:.0f}",
+            f"{min(r.pct_of_copy for r in large):.0f}" if large else "-",
+            _ratio(largest.speedup_vs_best_peer),
+            _lowest(group, "speedup_vs_best_peer", "best_peer"),
+        ]
+        if kernel:
+            line += [
+                _ratio(largest.kernel_speedup_vs_best_peer),
+                _lowest(group, "kernel_speedup_vs_best_peer", "best_kernel_peer"),
             ]
-        )
+        table.append(line)
+    return header, table
+
+
+def accuracy_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Per function and dtype, each contender's worst error over the sweep, outputs and input
+    gradient, in units of glu_fused's bound (<= 1: within what glu_fused promises)."""
+    names = contender_order(results)
+    worst: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for case in results["cases"]:
+        group = worst.setdefault((case["function"], case["dtype"]), {})
+        for name, found in case.get("errors", {}).items():
+            if not found:
+                continue
+            pair = group.setdefault(name, [0.0, 0.0])
+            pair[0] = max(pair[0], found["forward"]["bound_ratio"])
+            pair[1] = max(pair[1], found["gradient"]["bound_ratio"])
+    header = ["function", "dtype", *(f"{n} out / grad" for n in names)]
+    table = [
+        [
+            function,
+            dtype,
+            *(f"{_error(g[n][0])} / {_error(g[n][1])}" if n in g else "-" for n in names),
+        ]
+        for (function, dtype), g in worst.items()
+    ]
     return header, table
 
 
@@ -228,13 +322,17 @@ def memory_table(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def left_out(results: dict) -> list[str]:
-    """Contenders not timed on some case, and why."""
+    """Contenders not timed on some case and direction, and why."""
     lines = []
     for case in results["cases"]:
         label = f"{case['function']} {case['dtype']} {case['tokens']}x{2 * case['hidden']}"
-        for name, status in case["status"].items():
-            if status != "ok":
-                lines.append(f"- {label}, {name}: {status}")
+        for name, statuses in case["status"].items():
+            reasons: dict[str, list[str]] = {}
+            for direction, status in statuses.items():
+                if status != "ok":
+                    reasons.setdefault(status, []).append(direction)
+            for status, directions in reasons.items():
+                lines.append(f"- {label} {', '.join(directions)}, {name}: {status}")
         for d in case["directions"]:
             for name, why in d["failed"].items():
                 lines.append(f"- {label} {d['direction']}, {name}: {why}")
@@ -256,16 +354,28 @@ def markdown(results: dict, plots: list[str]) -> str:
         f"**{copy['gb_per_s']:.1f} GB/s**",
         f"- timing: {settings['clock']}; median of {settings['timing']}; "
         "inputs rotated where one set fits in the cache twice over",
+        "- peers: the code users write, in the input's dtype (eager: `F.glu`, "
+        "`F.silu(gate) * up`, `F.gelu(gate) * up`, ..., gpt-oss's clamped SwiGLU as "
+        "transformers writes it), `torch.compile` of it, Liger-Kernel where installed",
         "- bytes moved: every input element read once, every output element written once "
         "(forward 1.5x the input, backward 2.5x, forward+backward 4x)",
-        "- speedup = fastest peer's time / ours (`!` marks < 1, slower); every contender's "
-        "output and gradient checked against the float64 reference before timing",
+        "- speedup = fastest peer's time / ours (`!` marks < 1, slower); % copy from the "
+        "kernel time where there is one",
+        "- err = worst |error| against the float64 reference / glu_fused's bound for the dtype "
+        "(<= 1: within what glu_fused promises); checked, before timing, on inputs of spread 4 "
+        "(past the clamps of clamped_swiglu) in every mode timed. Ours must be within its "
+        "bound; a peer is left out of a direction only where its results are wrong beyond "
+        "torch.testing's default tolerance",
         "",
         "## Summary",
         "",
         *markdown_table(*summary(results)),
         "",
         *(f"![{p}]({p})" for p in plots),
+        "",
+        "## Accuracy: worst error over the sweep",
+        "",
+        *markdown_table(*accuracy_table(results)),
         "",
         "## Peak memory of forward + backward",
         "",

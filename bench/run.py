@@ -1,11 +1,13 @@
 """glu_fused's benchmark: every function, dtype, direction and shape, against every peer.
 
 On a GPU when one is present, else on the CPU (a smaller sweep). Contenders: each of our
-backends that runs the device natively, F.glu (for glu), the eager reference,
-torch.compile of the reference, Liger-Kernel where importable (GPU). Every contender is
-checked against the float64 reference on the same fresh random inputs before it is timed.
-The copy bandwidth is measured in the same run. Writes, under bench/results/<device>/,
-results.json (environment and every sample), summary.md and bandwidth_<dtype>.png.
+backends that runs the device natively, and the code users would run instead (contenders.py):
+their eager PyTorch (F.glu for glu), torch.compile of it, Liger-Kernel where importable
+(GPU). Every contender is checked against the float64 reference in every mode it is timed
+in, and its error reported; on a GPU each is timed per eager call and as kernel time (CUDA
+graphs). The copy bandwidth is measured in the same run. Writes, under
+bench/results/<device>/, results.json (environment and every sample), summary.md and
+bandwidth_<dtype>.png.
 
     python bench/run.py                  # the full sweep
     python bench/run.py --quick          # a few shapes, one dtype
@@ -151,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--contenders",
         nargs="+",
         metavar="NAME",
-        help="only these: ours:cuda, ours:triton, ours:cpu, F.glu, eager, compile, liger",
+        help="only these: ours:cuda, ours:triton, ours:cpu, eager, compile, liger",
     )
     parser.add_argument("--device", help="cuda or cpu (default: cuda when a GPU is present)")
     parser.add_argument("--out", type=Path, help="results folder (default: bench/results/<device>)")
@@ -178,7 +180,9 @@ def _raise_recompile_limit() -> None:
             setattr(config, name, max(getattr(config, name), 64))
 
 
-def run(args: argparse.Namespace, device: torch.device) -> dict:
+def run(args: argparse.Namespace, device: torch.device, out_dir: Path | None = None) -> dict:
+    """The sweep; with `out_dir`, results.json is rewritten after every case, so that a run
+    cut short (a time limit) leaves what it measured."""
     sweep = sweep_from(args, device)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -194,7 +198,9 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
             "directions": list(sweep.directions),
             "seed": seed,
             "cache_bytes": cache,
-            "clock": "CUDA events" if device.type == "cuda" else "time.perf_counter (monotonic)",
+            "clock": "CUDA events, per eager call and per call replayed in CUDA graphs"
+            if device.type == "cuda"
+            else "time.perf_counter (monotonic), per eager call",
             "timing": f"{plan.min_rounds} to {plan.max_rounds} samples of >= {plan.sample_ms} ms"
             f" after {plan.warmup_calls} warm-up calls",
         },
@@ -215,6 +221,9 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
             contenders = make_contenders(case.function, device, wanted)
         result = measure_case(case, contenders, device, sweep.directions, cache, plan, generator)
         results["cases"].append(result.to_json())
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "results.json").write_text(_json_text(results))
         progress.advance(case.label)
     return results
 
@@ -246,9 +255,10 @@ def write(results: dict, out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    results = run(args, device)
+    out_dir = args.out or RESULTS_ROOT / device_slug(device)
+    results = run(args, device, out_dir)
     print(text_table(*detail_table(results)))
-    for path in write(results, args.out or RESULTS_ROOT / device_slug(device)):
+    for path in write(results, out_dir):
         print(f"wrote {path}")
 
 

@@ -1,7 +1,12 @@
 """Honest timing: CUDA events on a GPU, the monotonic perf_counter on the CPU; warm-up, then
 the median of many samples, each a batch of calls long enough for the clock; inputs rotated
 when one set would stay in the cache between calls; the contenders interleaved round by round
-so that drift and load from elsewhere fall on all of them alike."""
+so that drift and load from elsewhere fall on all of them alike.
+
+On a GPU each contender gets two times: per eager call (`time_interleaved`: the calls as a
+training loop makes them, the host's work included, so a call whose host time exceeds its
+kernel's is timed at its host time) and kernel time (`time_in_graphs`: many calls captured
+in one CUDA graph and replayed, which leaves the GPU's work alone)."""
 
 from __future__ import annotations
 
@@ -144,3 +149,62 @@ def copy_bandwidth(device: torch.device, plan: TimingPlan) -> dict[str, float]:
     samples, _ = time_interleaved(steps, {"copy": contextlib.nullcontext}, 1, Clock(device), plan)
     ms = median(samples["copy"])
     return {"bytes": float(2 * nbytes), "median_ms": ms, "gb_per_s": 2 * nbytes / ms / 1e6}
+
+
+# Calls captured in one CUDA graph: enough to amortize the replay's launch, at most this much
+# memory of results kept alive by the graph's pool.
+GRAPH_CALLS = 20
+GRAPH_MEMORY_BYTES = 4 << 30
+
+
+def graph_calls(bytes_per_call: int) -> int:
+    return max(1, min(GRAPH_CALLS, GRAPH_MEMORY_BYTES // max(bytes_per_call, 1)))
+
+
+def capture(step: Step, n_sets: int, calls: int) -> torch.cuda.CUDAGraph:
+    """`calls` calls of `step` over the input sets, captured in a CUDA graph after warm-up
+    on a side stream (as torch.cuda.graph requires of code that allocates or runs autograd)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(3):
+            step(i % n_sets)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            step(i % n_sets)
+    return graph
+
+
+def time_in_graphs(
+    steps: dict[str, Step],
+    contexts: dict[str, Callable[[], AbstractContextManager[object]]],
+    n_sets: int,
+    calls: int,
+    plan: TimingPlan,
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per contender, the kernel time per call of each sample (one replay of its graph of
+    `calls` calls), the contenders' replays interleaved round by round; and why a contender
+    could not be captured."""
+    graphs: dict[str, torch.cuda.CUDAGraph] = {}
+    failed: dict[str, str] = {}
+    for name, step in steps.items():
+        try:
+            with contexts[name]():
+                graphs[name] = capture(step, n_sets, calls)
+        except Exception as error:  # a contender that cannot be captured keeps its eager time
+            failed[name] = f"not captured: {type(error).__name__}: {' '.join(str(error).split())}"[
+                :300
+            ]
+            torch.cuda.synchronize()
+    clock = Clock(torch.device("cuda"))
+    samples: dict[str, list[float]] = {name: [] for name in graphs}
+    for graph in graphs.values():
+        graph.replay()
+    clock.synchronize()
+    rounds = max(plan.min_rounds, min(plan.max_rounds, 20))
+    for _ in range(rounds):
+        for name, graph in graphs.items():
+            samples[name].append(clock.measure(graph.replay) / calls)
+    return samples, failed

@@ -1,0 +1,96 @@
+"""Calls every kernel variant of a backend once, on small tensors, for compute-sanitizer
+(memcheck, racecheck) to watch: each function and gated activation, dtype, direction
+(forward, backward), layout (halves, interleaved) and memory shape (aligned rows, rows that
+are not 16-byte aligned, a sliced input, a split along a middle dim, a run longer than a
+block's part with a ragged tail). Each result is also checked against the float64 reference,
+so the driver fails on a wrong answer as well as on a bad access.
+
+    compute-sanitizer --tool memcheck python bench/sanitize_driver.py --backend cuda
+    python bench/sanitize_driver.py --device cpu --backend cpu     # the same calls, no GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+
+import glu_fused
+from glu_fused import _table, reference
+from glu_fused.testing import assert_matches
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# name -> (make an input on a device in a dtype, the dim to split)
+SHAPES: dict[str, tuple[Callable[[str, torch.dtype], torch.Tensor], int]] = {
+    "aligned rows": (lambda d, t: _randn((3, 2 * 64), d, t), -1),
+    "misaligned rows": (lambda d, t: _randn((3, 2 * 63), d, t), -1),
+    "sliced input": (lambda d, t: _randn((4, 2 * 40 + 2), d, t)[:, 1:-1], -1),
+    "middle dim": (lambda d, t: _randn((2, 2 * 4, 16), d, t), 1),
+    "long ragged run": (lambda d, t: _randn((2, 2 * 4104 + 2 * 3), d, t), -1),
+}
+
+
+def _randn(shape, device, dtype) -> torch.Tensor:
+    return (torch.randn(shape, dtype=torch.float64) * 3).to(dtype).to(device)
+
+
+def _check_packed(f: _table.PackedFunction, x: torch.Tensor, dim: int, layout: str) -> None:
+    x = x.requires_grad_()
+    out = getattr(glu_fused, f.public)(x, dim, layout=layout, **dict(f.options))
+    grad_out = _randn(out.shape, x.device, x.dtype)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    x64 = x.detach().double().cpu().requires_grad_()
+    want = getattr(reference, f.public)(x64, dim, layout=layout, **dict(f.options))
+    (want_grad,) = torch.autograd.grad(want, x64, grad_out.double().cpu())
+    assert_matches(out, want, x.dtype, f"{f.name} forward")
+    assert_matches(grad, want_grad, x.dtype, f"{f.name} backward")
+
+
+def _check_gated(activation: str, device: str, dtype: torch.dtype) -> None:
+    gate, value = (_randn((5, 37), device, dtype).requires_grad_() for _ in range(2))
+    out = glu_fused.gated(gate, value, activation)
+    grad_out = _randn(out.shape, device, dtype)
+    grads = torch.autograd.grad(out, (gate, value), grad_out)
+    g64, v64 = (t.detach().double().cpu().requires_grad_() for t in (gate, value))
+    want = reference.gated(g64, v64, activation)
+    wants = torch.autograd.grad(want, (g64, v64), grad_out.double().cpu())
+    assert_matches(out, want, dtype, f"gated {activation} forward")
+    for got, expected in zip(grads, wants):
+        assert_matches(got, expected, dtype, f"gated {activation} backward")
+
+
+def run(device: str, backend: str) -> int:
+    """Every variant once; the number of calls made (forward and backward count one each)."""
+    calls = 0
+    with glu_fused.use_backend(backend):
+        for dtype in DTYPES:
+            for f in _table.PACKED_FUNCTIONS.values():
+                for layout in _table.LAYOUTS:
+                    for make, dim in SHAPES.values():
+                        _check_packed(f, make(device, dtype), dim, layout)
+                        calls += 2
+            for activation in _table.GATE_ACTIVATIONS:
+                _check_gated(activation, device, dtype)
+                calls += 2
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return calls
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--backend", default="cuda")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    calls = run(args.device, args.backend)
+    print(f"sanitize_driver: {calls} calls on {args.device} ({args.backend}), all correct")
+
+
+if __name__ == "__main__":
+    main()
