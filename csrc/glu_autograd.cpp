@@ -188,6 +188,22 @@ std::tuple<Tensor, Tensor> gated_backward(const Tensor& grad_out, const Tensor& 
   return {grads[0], grads[1]};
 }
 
+// The in-place op serves backward passes (GatedMLP's): it is not differentiable, and it bumps
+// the version of what it overwrites, so that autograd refuses a graph that saved it.
+void refuse_gradients(bool requires_grad) {
+  TORCH_CHECK(!requires_grad,
+              "glu_fused: the in-place backward op is not differentiable; use gated_backward "
+              "where a gradient of the gradient is wanted");
+}
+
+template <Family F>
+void gated_backward_in_place(const Tensor& grad_out, const Tensor& gate, const Tensor& value,
+                             std::string_view activation) {
+  refuse_gradients(torch::autograd::compute_requires_grad(grad_out, gate, value));
+  below_autograd(ops(F).gated_backward_in_place, grad_out, gate, value, activation);
+  for (const Tensor& t : {grad_out, gate, value}) torch::autograd::impl::bump_version(t);
+}
+
 template <Family F>
 void impl_autograd(torch::Library& m) {
   const std::string prefix = kFamilyPrefixes[static_cast<int>(F)];
@@ -195,6 +211,7 @@ void impl_autograd(torch::Library& m) {
   m.impl((prefix + "glu_backward").c_str(), &glu_backward<F>);
   m.impl((prefix + "gated_forward").c_str(), &gated_forward<F>);
   m.impl((prefix + "gated_backward").c_str(), &gated_backward<F>);
+  m.impl((prefix + "gated_backward_in_place").c_str(), &gated_backward_in_place<F>);
 }
 
 }  // namespace

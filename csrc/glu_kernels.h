@@ -26,6 +26,9 @@ struct ForwardCall {
 };
 
 // The gradients of both inputs from the dense upstream gradient, recomputing the activation.
+// The in-place form (GatedMLP's backward) also writes act(gate) * value over the upstream
+// gradient (`out` == grad_out) and the gradients over the inputs: every element's reads come
+// before its writes, and no two elements share a location, so no order of them can race.
 struct BackwardCall {
   ActivationCall op;
   PairLayout in;
@@ -35,6 +38,7 @@ struct BackwardCall {
   PairLayout grad_in;  // same runs as `in`, in the gradients' own strides
   void* grad_gate;
   void* grad_value;
+  void* out = nullptr;  // where act(gate) * value goes too, dense like grad_out; or nowhere
 };
 
 void gated_forward_cpu(const ForwardCall& call);

@@ -48,6 +48,9 @@ void launch(const Tensor& like, const ForwardCall& call) {
 }
 
 void launch(const Tensor& like, const BackwardCall& call) {
+  // TEMPORARY: the CUDA kernels do not write `out` yet.
+  TORCH_CHECK(call.out == nullptr || (like.is_cpu() && !emulates_cuda()),
+              "glu_fused: the in-place backward has no CUDA kernel yet");
 #ifdef GLU_FUSED_WITH_CUDA
   if (like.is_cuda()) return launch_cuda(like, call, gated_backward_cuda);
   if (like.is_cpu() && kEmulateCuda) return gated_backward_cuda_emulated(call);
@@ -83,6 +86,11 @@ std::tuple<Tensor, Tensor> gated_backward(const Tensor& grad_out, const Tensor& 
   return {plan.grad_first, plan.grad_second};
 }
 
+void gated_backward_in_place(const Tensor& grad_out, const Tensor& gate, const Tensor& value,
+                             std::string_view activation) {
+  run(plan_gated_backward_inplace(grad_out, gate, value, activation), gate);
+}
+
 // Meta: the same checks, results of the right (possibly symbolic) shape, nothing run.
 Tensor glu_forward_meta(const Tensor& x, int64_t dim, std::string_view function,
                         std::string_view layout, double alpha, double limit) {
@@ -111,6 +119,13 @@ std::tuple<Tensor, Tensor> gated_backward_meta(const Tensor& grad_out, const Ten
           at::empty_symint(gate.sym_sizes(), gate.options())};
 }
 
+// The in-place op's checks that need no memory: the memory ones (overlap, layout) run with
+// the kernels.
+void gated_backward_in_place_meta(const Tensor& grad_out, const Tensor& gate, const Tensor& value,
+                                  std::string_view activation) {
+  gated_backward_meta(grad_out, gate, value, activation);
+}
+
 std::string op_name(Family family, const char* op) {
   return std::string(kFamilyPrefixes[static_cast<int>(family)]) + op;
 }
@@ -127,6 +142,8 @@ void define_family(torch::Library& m, Family family) {
   def("gated_forward", "(Tensor gate, Tensor value, str activation) -> Tensor");
   def("gated_backward",
       "(Tensor grad_out, Tensor gate, Tensor value, str activation) -> (Tensor, Tensor)");
+  def("gated_backward_in_place",
+      "(Tensor(a!) grad_out, Tensor(b!) gate, Tensor(c!) value, str activation) -> ()");
 }
 
 void impl_meta(torch::Library& m, Family family) {
@@ -134,6 +151,7 @@ void impl_meta(torch::Library& m, Family family) {
   m.impl(op_name(family, "glu_backward").c_str(), &glu_backward_meta);
   m.impl(op_name(family, "gated_forward").c_str(), &gated_forward_meta);
   m.impl(op_name(family, "gated_backward").c_str(), &gated_backward_meta);
+  m.impl(op_name(family, "gated_backward_in_place").c_str(), &gated_backward_in_place_meta);
 }
 
 void impl_native(torch::Library& m) {
@@ -141,6 +159,7 @@ void impl_native(torch::Library& m) {
   m.impl("glu_backward", &glu_backward);
   m.impl("gated_forward", &gated_forward);
   m.impl("gated_backward", &gated_backward);
+  m.impl("gated_backward_in_place", &gated_backward_in_place);
 }
 
 template <typename Signature>
@@ -157,7 +176,8 @@ Ops find_ops(Family family) {
           find<GatedForward>(name("gated_forward")),
           find<GatedBackward>(name("gated_backward")),
           find<GluDoubleBackward>("glu_double_backward"),
-          find<GatedDoubleBackward>("gated_double_backward")};
+          find<GatedDoubleBackward>("gated_double_backward"),
+          find<GatedBackwardInPlace>(name("gated_backward_in_place"))};
 }
 
 }  // namespace

@@ -33,6 +33,8 @@ using GluDoubleBackward = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor
                                                      double, double);
 using GatedDoubleBackward = std::tuple<Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, std::string_view);
+// The in-place backward op writes its results over its arguments (see glu_plan.h).
+using GatedBackwardInPlace = void(const Tensor&, const Tensor&, const Tensor&, std::string_view);
 
 // A family's ops, found in the dispatcher once.
 struct Ops {
@@ -42,6 +44,7 @@ struct Ops {
   c10::TypedOperatorHandle<GatedBackward> gated_backward;
   c10::TypedOperatorHandle<GluDoubleBackward> glu_double_backward;
   c10::TypedOperatorHandle<GatedDoubleBackward> gated_double_backward;
+  c10::TypedOperatorHandle<GatedBackwardInPlace> gated_backward_in_place;
 };
 
 const Ops& ops(Family family);

@@ -1,9 +1,11 @@
 #include "glu_plan.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
+#include <initializer_list>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -238,8 +240,15 @@ void* Operand::mutable_data() const {
 ForwardCall ForwardPlan::call() const { return {op, in, gate.data(), value.data(), out.mutable_data_ptr()}; }
 
 BackwardCall BackwardPlan::call() const {
-  return {op,      in,      gate.data(),          value.data(),
-          grad_out.const_data_ptr(), grad_in, grad_gate.mutable_data(), grad_value.mutable_data()};
+  return {op,
+          in,
+          gate.data(),
+          value.data(),
+          grad_out.const_data_ptr(),
+          grad_in,
+          grad_gate.mutable_data(),
+          grad_value.mutable_data(),
+          out.defined() ? out.mutable_data_ptr() : nullptr};
 }
 
 ForwardPlan plan_glu_forward(const Tensor& x, int64_t dim, std::string_view function,
@@ -264,7 +273,7 @@ BackwardPlan plan_glu_backward(const Tensor& grad_out, const Tensor& x, int64_t 
   BackwardPlan plan;
   plan.op = args.op;
   plan.grad_first = new_result(x.sizes(), x);
-  if (plan.empty()) return plan;
+  if (x.numel() == 0) return plan;
   const bool second = args.function->gate_is_second;
   const Pairs in = packed_pairs(x, args.dim, args.interleaved, second);
   const Pairs grad = packed_pairs(plan.grad_first, args.dim, args.interleaved, second);
@@ -312,7 +321,7 @@ BackwardPlan plan_gated_backward(const Tensor& grad_out, const Tensor& gate_in,
   check_gated_grad(grad_out, gate_in);
   plan.grad_first = new_result(gate_in.sizes(), gate_in);
   plan.grad_second = new_result(gate_in.sizes(), gate_in);
-  if (plan.empty()) return plan;
+  if (gate_in.numel() == 0) return plan;
   Tensor gate = gate_in, value = value_in;
   plan.in = gated_layout(gate, value);
   plan.gate = {gate};
@@ -323,6 +332,63 @@ BackwardPlan plan_gated_backward(const Tensor& grad_out, const Tensor& gate_in,
   plan.grad_in.outer_stride = plan.in.run_len;
   plan.grad_gate = {plan.grad_first};
   plan.grad_value = {plan.grad_second};
+  return plan;
+}
+
+namespace {
+
+// The in-place form writes into grad_out and the inputs: each must be one tensor's own,
+// non-overlapping memory, and grad_out dense like the result it receives.
+void check_in_place(const Tensor& grad_out, std::initializer_list<Tensor> inputs) {
+  TORCH_CHECK_VALUE(grad_out.is_contiguous(),
+                    "glu_fused: the in-place backward writes the result over grad_out, which "
+                    "must be contiguous");
+  at::assert_no_internal_overlap(grad_out);
+  for (const Tensor& t : inputs) {
+    at::assert_no_internal_overlap(t);
+    at::assert_no_overlap(grad_out, t);
+  }
+}
+
+// Gate and value alternating in one buffer (the even and odd positions of a packed
+// projection, as views): one run per row of pairs, elem_stride 2.
+bool pairs_layout(const Tensor& gate, const Tensor& value, PairLayout& layout) {
+  const int64_t apart = static_cast<const char*>(value.const_data_ptr()) -
+                        static_cast<const char*>(gate.const_data_ptr());
+  int64_t rows, row_stride;
+  if (gate.stride(-1) != 2 || std::abs(apart) != gate.element_size() ||
+      !collapse(gate, 0, gate.dim() - 1, rows, row_stride)) {
+    return false;
+  }
+  layout.runs = rows;
+  layout.run_len = gate.size(-1);
+  layout.outer_stride = row_stride;
+  layout.elem_stride = 2;
+  return true;
+}
+
+const char* kNotInPlace =
+    "glu_fused: the in-place backward writes the gradients over the inputs, which must be "
+    "read where they are: split along a last dim of stride 1 (rows of any stride), or along "
+    "any dim of a contiguous tensor; gate and value of one shape and strides";
+
+}  // namespace
+
+BackwardPlan plan_gated_backward_inplace(const Tensor& grad_out, const Tensor& gate,
+                                         const Tensor& value, std::string_view activation) {
+  BackwardPlan plan;
+  plan.op = check_gated(gate, value, activation);
+  check_gated_grad(grad_out, gate);
+  check_in_place(grad_out, {gate, value});
+  at::assert_no_overlap(gate, value);
+  if (gate.numel() == 0) return plan;
+  TORCH_CHECK_VALUE(gate.strides() == value.strides() &&
+                        (rows_layout(gate, plan.in) || pairs_layout(gate, value, plan.in)),
+                    kNotInPlace);
+  plan.grad_in = plan.in;
+  plan.gate = plan.grad_gate = {gate};
+  plan.value = plan.grad_value = {value};
+  plan.grad_out = plan.out = grad_out;
   return plan;
 }
 

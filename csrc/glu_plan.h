@@ -70,7 +70,8 @@ struct BackwardPlan {
   at::Tensor grad_out;  // contiguous
   PairLayout grad_in;
   Operand grad_gate, grad_value;
-  bool empty() const { return grad_first.numel() == 0; }
+  at::Tensor out;  // the in-place form: where act(gate) * value is written (grad_out itself)
+  bool empty() const { return in.numel() == 0; }
   BackwardCall call() const;
 };
 
@@ -83,5 +84,12 @@ ForwardPlan plan_gated_forward(const at::Tensor& gate, const at::Tensor& value,
                                std::string_view activation);
 BackwardPlan plan_gated_backward(const at::Tensor& grad_out, const at::Tensor& gate,
                                  const at::Tensor& value, std::string_view activation);
+
+// The in-place backward: act(gate) * value written over grad_out, the gradients over gate and
+// value. The tensors must be read in place (no copy), distinct and without internal overlap:
+// rows of a last dim of stride 1, or gate and value interleaved in one buffer (the halves or
+// the even and odd positions of a packed projection).
+BackwardPlan plan_gated_backward_inplace(const at::Tensor& grad_out, const at::Tensor& gate,
+                                         const at::Tensor& value, std::string_view activation);
 
 }  // namespace glu_fused

@@ -1,11 +1,13 @@
-"""Train a tiny GLU transformer on Aesop's fables, once with glu_fused's reference backend and
-once with its fused kernels, and compare.
+"""Train a tiny GLU transformer on Aesop's fables, once with an unfused MLP as PyTorch users
+write it and once with glu_fused's GatedMLP (its lean block and fused kernels), and compare.
 
     python examples/train_tiny_lm.py                   # the CPU: a minute or two
     python examples/train_tiny_lm.py --device cuda     # a GPU, as is
 
-Both runs start from the same weights and see the same batches; only the kernels behind the
-GLU activation differ. The script prints both loss curves side by side, their largest
+Both runs start from the same weights and see the same batches; only the MLP's code differs:
+`down_proj(act(gate_proj(x)) * up_proj(x))` in eager PyTorch (LLaMA's MLP), or GatedMLP,
+which keeps x and the gate/up projection for backward (x alone with --recompute) and writes
+its backward over them. The script prints both loss curves side by side, their largest
 difference, the time per step and the memory per step, and exits with status 1 if the curves
 differ by more than --tolerance.
 
@@ -17,7 +19,8 @@ step is left out of the timings), on top of what was allocated when the step beg
   and optimizer; scratch space inside a kernel is not seen, for either backend).
 - "saved": the bytes of activations autograd keeps from forward to backward (distinct
   storages, parameters left out), counted with torch.autograd.graph.saved_tensors_hooks.
-  It is where a fused GLU saves memory: it keeps only its input.
+  It is where GatedMLP saves memory: x + 2 x hidden elements per token, where the unfused MLP
+  keeps x + 4 x hidden.
 
 The model: character tokens, learned positions, pre-norm blocks of causal self-attention and
 glu_fused.nn.GatedMLP (LLaMA's SwiGLU MLP by default), tied input and output embeddings.
@@ -49,17 +52,40 @@ CORPUS = Path(__file__).parent / "data" / "fables.txt"
 MEMORY_STEP = 1  # the step whose memory is measured: the second
 
 
+class UnfusedMLP(nn.Module):
+    """LLaMA's MLP as transformers writes it: down_proj(act(gate_proj(x)) * up_proj(x)), from a
+    GatedMLP's weights."""
+
+    def __init__(self, fused: GatedMLP):
+        super().__init__()
+        gate_w, up_w, _, _ = fused.projections()
+        self.gate_proj, self.up_proj = (nn.Linear(*w.T.shape, bias=False) for w in (gate_w, up_w))
+        self.down_proj = nn.Linear(fused.hidden_features, fused.down.out_features, bias=False)
+        with torch.no_grad():
+            for linear, weight in zip(
+                (self.gate_proj, self.up_proj, self.down_proj), (gate_w, up_w, fused.down.weight)
+            ):
+                linear.weight.copy_(weight)
+        self.act_fn = glu_fused._table.GATE_ACTIVATIONS[fused.activation].torch_form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
 class Block(nn.Module):
     """x + attention(norm(x)), then x + GatedMLP(norm(x))."""
 
-    def __init__(self, width: int, heads: int, hidden: int, activation: str, layout: str):
+    def __init__(self, width: int, heads: int, hidden: int, args: argparse.Namespace):
         super().__init__()
         self.heads = heads
         self.attn_norm = nn.RMSNorm(width)
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.out = nn.Linear(width, width, bias=False)
         self.mlp_norm = nn.RMSNorm(width)
-        self.mlp = GatedMLP(width, hidden, activation=activation, layout=layout)
+        recompute = "projection" if args.recompute else None
+        self.mlp = GatedMLP(
+            width, hidden, activation=args.activation, layout=args.layout, recompute=recompute
+        )
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -79,8 +105,7 @@ class TinyLM(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)  # small: it is the output layer too
         self.positions = nn.Parameter(torch.randn(args.seq_len, args.width) * 0.02)
         self.blocks = nn.ModuleList(
-            Block(args.width, args.heads, args.hidden, args.activation, args.layout)
-            for _ in range(args.layers)
+            Block(args.width, args.heads, args.hidden, args) for _ in range(args.layers)
         )
         self.norm = nn.RMSNorm(args.width)
 
@@ -211,13 +236,18 @@ def training_step(model, optimizer, schedule, batch, saved=None) -> float:
 
 
 def train(
-    backend: str, vocab: int, data: list[torch.Tensor], args: argparse.Namespace
+    fused: bool, vocab: int, data: list[torch.Tensor], args: argparse.Namespace
 ) -> tuple[list[Step], dict[str, int], TinyLM]:
-    """Trains a freshly seeded model under glu_fused.use_backend(backend): every step's loss
-    and time, the memory of step MEMORY_STEP, and the model."""
+    """Trains a freshly seeded model, with GatedMLP (under glu_fused.use_backend(args.backend))
+    or with the unfused MLP of the same weights: every step's loss and time, the memory of step
+    MEMORY_STEP, and the model."""
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = TinyLM(vocab, args).to(device)
+    model = TinyLM(vocab, args)
+    if not fused:
+        for block in model.blocks:
+            block.mlp = UnfusedMLP(block.mlp)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
     def cosine(step: int) -> float:
@@ -225,7 +255,7 @@ def train(
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     steps, memory = [], {}
-    with glu_fused.use_backend(backend):
+    with glu_fused.use_backend(args.backend):
         for i, batch in enumerate(data):
             synchronize(device)
             start = time.perf_counter()
@@ -279,6 +309,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=344, help="GatedMLP hidden units (~8/3 width)")
     p.add_argument("--activation", default="silu", choices=glu_fused.ACTIVATIONS)
     p.add_argument("--layout", default="halves", choices=("halves", "interleaved"))
+    p.add_argument(
+        "--recompute", action="store_true", help="GatedMLP keeps x alone (recompute='projection')"
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
@@ -303,18 +336,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.steps} steps of {args.batch} x {args.seq_len} tokens on {device}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    ref, ref_memory, _ = train("reference", len(chars), shared, args)
-    fused, fused_memory, model = train(args.backend, len(chars), shared, args)
+    ref, ref_memory, _ = train(False, len(chars), shared, args)
+    fused, fused_memory, model = train(True, len(chars), shared, args)
     fused_label = f"fused ({fused_name})"
 
-    print(f"\n{'step':>5} {'loss reference':>15} {'loss fused':>12} {'|diff|':>9}")
+    print(f"\n{'step':>5} {'loss unfused':>15} {'loss fused':>12} {'|diff|':>9}")
     diffs = [abs(a.loss - b.loss) for a, b in zip(ref, fused)]
     for i, (a, b) in enumerate(zip(ref, fused)):
         if i % args.log_every == 0 or i == len(ref) - 1:
             print(f"{i + 1:>5} {a.loss:>15.5f} {b.loss:>12.5f} {diffs[i]:>9.2e}")
     worst = max(diffs)
     print(f"\nlargest loss difference over {len(diffs)} steps: {worst:.2e}\n")
-    print(summary("reference", ref, ref_memory, device))
+    print(summary("unfused", ref, ref_memory, device))
     print(summary(fused_label, fused, fused_memory, device))
     if args.sample:
         print(f"\nsample ({fused_label}):")

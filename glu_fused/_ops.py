@@ -11,7 +11,7 @@ kernels) and "triton" (glu_fused::triton_glu_forward, ...: glu_fused/_triton/ops
 
 Registered here, for both families:
   * the double-backward ops, glu_double_backward and gated_double_backward: the
-    reference's second derivatives in plain PyTorch (_second_order.py), differentiable to
+    reference's second derivatives in plain PyTorch (_derivatives.py), differentiable to
     any higher order;
   * vmap rules of the forward and backward ops (one call over the whole batch);
   * `FusedFunction` and `FusedBackward`, autograd.Functions over the same ops, for what C++
@@ -29,8 +29,8 @@ import torch
 from torch._ops import OpOverload
 
 from . import reference
+from ._derivatives import gated_double_backward, packed_double_backward
 from ._extension import _C
-from ._second_order import gated_double_backward, packed_double_backward
 
 assert _C is not None, "glu_fused._ops needs the compiled extension"
 
@@ -56,6 +56,8 @@ class OpFamily:
     # The output's tangent from the slopes (the backward for a unit gradient) and the
     # inputs' tangents: each output element depends on one pair of inputs.
     tangent: Callable[..., torch.Tensor]
+    # The backward written over its arguments (GatedMLP's backward; gated only): no autograd.
+    backward_in_place: OpOverload | None
 
     def backward_tuple(self, grad: torch.Tensor, tensors, args) -> tuple[torch.Tensor, ...]:
         out = self.backward(grad, *tensors, *args)
@@ -86,6 +88,7 @@ def _family(name: str) -> tuple[OpFamily, OpFamily]:
         n_tensors=1,
         dim_arg=0,
         tangent=_packed_tangent,
+        backward_in_place=None,
     )
     gated = OpFamily(
         forward=getattr(_ops, f"{prefix}gated_forward").default,
@@ -94,6 +97,7 @@ def _family(name: str) -> tuple[OpFamily, OpFamily]:
         n_tensors=2,
         dim_arg=None,
         tangent=_gated_tangent,
+        backward_in_place=getattr(_ops, f"{prefix}gated_backward_in_place").default,
     )
     return packed, gated
 

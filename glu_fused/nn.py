@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import _checks, _table, functional, reference
+from . import _checks, _gated_mlp, _table, functional, reference
 
 
 class GLU(nn.Module):
@@ -132,6 +132,9 @@ def _unpack(gate_up: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Ten
     return reference.split(gate_up, 0, _checks.is_interleaved(layout))
 
 
+# What backward may recompute instead of keeping: the gate/up projection.
+RECOMPUTE = (None, "projection")
+
 # The unfused module's names (LLaMA's gate_proj, up_proj, down_proj) and where they go here.
 _UNFUSED_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -154,6 +157,18 @@ class GatedMLP(nn.Module):
         layout: how ``gate_up``'s :math:`2h` output rows hold the two projections.
             ``"halves"`` (default): ``[gate_0 .. gate_{h-1} | up_0 .. up_{h-1}]``.
             ``"interleaved"``: ``[gate_0, up_0, gate_1, up_1, ...]`` (as gpt-oss packs them).
+        recompute: what backward computes again instead of keeping it from forward: None
+            (default) keeps x and the gate/up projection; ``"projection"`` keeps only x and
+            recomputes the projection in backward (one more matmul; a checkpointed MLP's
+            memory, without ``torch.utils.checkpoint`` or a second activation pass).
+        lean: True (default): forward, activation and backward as one autograd function that
+            keeps x + 2h elements per token (x alone with ``recompute``; an eager MLP keeps
+            x + 4h), whose backward writes h over the gradient of h and the projection's
+            gradient over the projection (``glu_fused/_gated_mlp.py``). It runs when a gradient
+            is wanted and the projections are plain ``nn.Linear`` without hooks (a
+            tensor-parallel ``parallelize_module`` plan takes the modules' own path). False: the
+            modules' calls, ``down(act(gate_up(x)))``, which keep x + 3h. Either way the
+            results and gradients are the same, to rounding.
 
     Initialisation is ``nn.Linear``'s: weights and biases :math:`U(-1/\sqrt{n}, 1/\sqrt{n})`
     with :math:`n` the fan-in. The bound depends on the fan-in only, so the fused
@@ -200,11 +215,20 @@ class GatedMLP(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         layout: str = "halves",
+        recompute: str | None = None,
+        lean: bool = True,
     ) -> None:
         super().__init__()
+        if recompute not in RECOMPUTE:
+            raise ValueError(
+                f"glu_fused: unknown recompute {recompute!r}; expected one of {RECOMPUTE}"
+            )
         self.activation = activation
         self.layout = layout
+        self.recompute = recompute
+        self.lean = lean
         self._act = _fused_activation(activation, layout)
+        self._block = _gated_mlp.Block(activation, layout, recompute == "projection")
         factory = {"device": device, "dtype": dtype}
         self.gate_up = nn.Linear(in_features, 2 * hidden_features, bias=bias, **factory)
         self.down = nn.Linear(hidden_features, out_features or in_features, bias=bias, **factory)
@@ -214,6 +238,16 @@ class GatedMLP(nn.Module):
         return self.down.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _gated_mlp.check_input(x, self.gate_up.weight)
+        if self.lean and _gated_mlp.applies((self.gate_up, self.down), x):
+            return _gated_mlp.LeanGatedMLP.apply(
+                self._block,
+                x,
+                self.down.weight,
+                self.down.bias,
+                self.gate_up.weight,
+                self.gate_up.bias,
+            )
         return self.down(self._act(self.gate_up(x)))
 
     def projections(
@@ -326,7 +360,10 @@ class GatedMLP(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"activation={self.activation!r}, layout={self.layout!r}"
+        text = f"activation={self.activation!r}, layout={self.layout!r}"
+        if self.recompute is not None:
+            text += f", recompute={self.recompute!r}"
+        return text + ("" if self.lean else ", lean=False")
 
 
 def _unfused_linears(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear]:

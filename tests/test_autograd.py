@@ -21,7 +21,7 @@ from conftest import (
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import glu_fused
-from glu_fused import _second_order, _table, reference
+from glu_fused import _derivatives, _table, reference
 
 BACKENDS = backend_params()
 
@@ -239,11 +239,11 @@ def _reference_gate(activation: str):
 
 
 @pytest.mark.parametrize("activation", list(_table.ACTIVATIONS))
-def test_second_order_terms_are_the_references_derivatives(activation):
+def test_derivatives_terms_are_the_references_derivatives(activation):
     """The double-backward ops' written-out derivatives are autograd's of the reference."""
     g = random_input((400,), torch.float64)
     g = g[(g.abs() > 1e-3) & ((g - 7.0).abs() > 1e-3)]  # off the kinks of relu and the clamp
-    a, a1, a2 = _second_order.gate_terms(g, activation, 1.702, 7.0)
+    a, a1, a2 = _derivatives.gate_terms(g, activation, 1.702, 7.0)
     f = _reference_gate(activation)
     d1 = torch.func.vmap(torch.func.grad(f))(g)
     d2 = torch.func.vmap(torch.func.grad(torch.func.grad(f)))(g)

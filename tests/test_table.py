@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import glu_fused
-from glu_fused import _second_order, _table, nn, reference
+from glu_fused import _derivatives, _table, nn, reference
 from glu_fused._extension import _C
 
 needs_extension = pytest.mark.skipif(_C is None, reason="the compiled extension is not built")
@@ -46,7 +46,7 @@ def test_reference_has_the_math_of_every_activation():
     assert set(reference.ACTIVATIONS) == set(_table.GATE_ACTIVATIONS)
     g = torch.linspace(-6, 6, 101, dtype=torch.float64)
     for name in _table.ACTIVATIONS:
-        a, _, _ = _second_order.gate_terms(g, name, 1.702, 7.0)
+        a, _, _ = _derivatives.gate_terms(g, name, 1.702, 7.0)
         assert a.shape == g.shape, name
 
 

@@ -259,22 +259,28 @@ struct BackwardKernel {
     const auto* grad_out = static_cast<const scalar_t*>(call.grad_out);
     auto* grad_gate = static_cast<scalar_t*>(call.grad_gate);
     auto* grad_value = static_cast<scalar_t*>(call.grad_value);
+    auto* out = static_cast<scalar_t*>(call.out);
     for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
       const int64_t at = in.run_offset(run) + first * in.elem_stride;
       const int64_t grad_at = gin.run_offset(run) + first * in.elem_stride;
-      const scalar_t* dy_in = grad_out + run * in.run_len + first;
+      const int64_t dense_at = run * in.run_len + first;
       auto block = [&](auto full, int64_t done, int64_t n) {
         constexpr bool kFull = decltype(full)::value;
         const int64_t shift = done * in.elem_stride;
         const auto x = PairLanes<scalar_t>::template load<kFull>(gate + at + shift,
                                                                  value + at + shift, n, pairs);
-        const L dy = PairLanes<scalar_t>::template load_lanes<kFull>(dy_in + done, n);
+        const L dy = PairLanes<scalar_t>::template load_lanes<kFull>(grad_out + dense_at + done, n);
         PairLanes<scalar_t> dx;
         for (int j = 0; j < L::K; ++j) {
           Math::backward(x.gate.v[j], x.value.v[j], dy.v[j], params, dx.gate.v[j], dx.value.v[j]);
         }
         dx.template store<kFull>(grad_gate + grad_at + shift, grad_value + grad_at + shift, n,
                                  pairs);
+        if (out != nullptr) {  // the in-place form: the forward's result over grad_out
+          L y;
+          for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], params);
+          PairLanes<scalar_t>::template store_lanes<kFull>(y, out + dense_at + done, n);
+        }
       };
       for_each_block_of<L::kWidth>(count, block);
     });

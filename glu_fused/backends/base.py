@@ -32,6 +32,12 @@ class Backend(Protocol):
     def gated(self, gate: torch.Tensor, value: torch.Tensor, activation: str) -> torch.Tensor:
         """The gated_forward op's call: act(gate) * value."""
 
+    def gated_backward_in_place(
+        self, grad_out: torch.Tensor, gate: torch.Tensor, value: torch.Tensor, activation: str
+    ) -> None:
+        """The gated_backward_in_place op's call: act(gate) * value over grad_out, the
+        gradients over gate and value (GatedMLP's backward)."""
+
 
 class OpsBackend:
     """A backend whose kernels implement an op family: its ops carry autograd, vmap and
@@ -52,3 +58,6 @@ class OpsBackend:
         if _ops.transforms_active():
             return _ops.FusedFunction.apply(ops, gate, value, activation)
         return ops.forward(gate, value, activation)
+
+    def gated_backward_in_place(self, grad_out, gate, value, activation) -> None:
+        _ops.GATED[self.family].backward_in_place(grad_out, gate, value, activation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference
+from .. import _derivatives, reference
 
 
 class ReferenceBackend:
@@ -22,3 +22,6 @@ class ReferenceBackend:
 
     def gated(self, gate, value, activation) -> torch.Tensor:
         return reference.gated(gate, value, activation)
+
+    def gated_backward_in_place(self, grad_out, gate, value, activation) -> None:
+        _derivatives.gated_backward_in_place(grad_out, gate, value, activation)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import functional
+from .. import _gated_mlp, functional
 from ..nn import _fused_activation, infer_activation
 
 # The instance attribute that marks a patched module: (name of the replaced method,
@@ -60,9 +60,17 @@ class _Patch:
 
 def _fused_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """LlamaMLP.forward, ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``, with the gate's
-    activation and the product in one fused op."""
-    hidden = functional.gated(self.gate_proj(x), self.up_proj(x), getattr(self, _STATE)[1])
-    return self.down_proj(hidden)
+    activation and the product in one fused op; where a gradient is wanted, GatedMLP's lean
+    block over the model's own two weights (x, gate and up kept for backward, and their
+    gradients written over them)."""
+    activation = getattr(self, _STATE)[1]
+    gate, up, down = self.gate_proj, self.up_proj, self.down_proj
+    if _gated_mlp.applies((gate, up, down), x):
+        block = _gated_mlp.Block(activation, layout=None)
+        return _gated_mlp.LeanGatedMLP.apply(
+            block, x, down.weight, down.bias, gate.weight, up.weight, gate.bias, up.bias
+        )
+    return down(functional.gated(gate(x), up(x), activation))
 
 
 def _fused_gpt_oss_apply_gate(self: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:

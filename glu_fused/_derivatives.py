@@ -1,5 +1,6 @@
-r"""Second order: the math of the double-backward ops (glu_double_backward,
-gated_double_backward), in plain differentiable PyTorch, from the reference's functions.
+r"""The reference's derivatives, written out in plain differentiable PyTorch: the math of
+the double-backward ops (glu_double_backward, gated_double_backward: second order) and of the
+in-place backward's reference (GatedMLP's backward, first order).
 
 Every function here is :math:`f(g, v) = A(g)\,B(v)` per element: :math:`A` the gate's
 activation (gpt-oss's: :math:`s(\min(g, L))`, :math:`s(u) = u\,\sigma(\alpha u)`) and
@@ -142,3 +143,18 @@ def packed_double_backward(grad_grad_x, grad_out, x, dim, function, layout, alph
     halves = (d_v, d_g) if f.gate_is_second else (d_g, d_v)
     d_x = _join(*halves, dim, interleaved)
     return d_dy.to(x.dtype), d_x.to(x.dtype)
+
+
+def gated_backward_in_place(
+    grad_out: torch.Tensor, gate: torch.Tensor, value: torch.Tensor, activation: str
+) -> None:
+    """The gated_backward_in_place op's reference: gated(gate, value) over grad_out, and the
+    gradients of gate and value for the upstream gradient grad_out over them. Plain tensor
+    arithmetic, no autograd: it runs inside backward passes, below autograd."""
+    m = reference.opmath
+    a, a1, _ = gate_terms(m(gate), activation, 0, 0)
+    v, dy = m(value), m(grad_out)
+    out, d_gate, d_value = a * v, dy * v * a1, dy * a
+    grad_out.copy_(out)
+    gate.copy_(d_gate)
+    value.copy_(d_value)

@@ -1,0 +1,224 @@
+"""What a LLaMA-7B-shaped MLP (hidden H 4096, intermediate I 11008, bfloat16) keeps for
+backward, its peak memory over a forward plus backward, and its step time, for:
+
+- eager: LLaMA's MLP as transformers writes it, down_proj(silu(gate_proj(x)) * up_proj(x));
+- GatedMLP (lean=False): the fused activation between the modules' own calls (x + 3I);
+- GatedMLP: the lean block (x + 2I kept per token);
+- GatedMLP (recompute='projection'): x alone;
+- Liger-Kernel's LigerSwiGLUMLP, where it runs (a GPU).
+
+Kept bytes: the distinct storages autograd saves (saved_tensors_hooks), parameters left out,
+per token. Peak: the CUDA allocator's peak on a GPU; on the CPU the profiler's running total of
+allocations (both above what was allocated before the step). Time: the median of the timed
+steps (forward and backward), after a warm-up step. Every contender's output and gradients are
+first checked against the eager MLP's.
+
+    python bench/mlp_memory.py                         # CPU; --device cuda on a GPU
+    python bench/mlp_memory.py --tokens 64 --hidden 256 --intermediate 688   # small
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checks import peak_memory_bytes  # noqa: E402
+from run import device_slug  # noqa: E402
+
+from glu_fused.nn import GatedMLP  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class EagerMLP(nn.Module):
+    """transformers' LlamaMLP."""
+
+    def __init__(self, fused: GatedMLP):
+        super().__init__()
+        gate_w, up_w, _, _ = fused.projections()
+        h, i = fused.gate_up.in_features, fused.hidden_features
+        factory = {"dtype": gate_w.dtype, "device": gate_w.device, "bias": False}
+        self.gate_proj, self.up_proj = nn.Linear(h, i, **factory), nn.Linear(h, i, **factory)
+        self.down_proj = nn.Linear(i, fused.down.out_features, **factory)
+        with torch.no_grad():
+            self.gate_proj.weight.copy_(gate_w)
+            self.up_proj.weight.copy_(up_w)
+            self.down_proj.weight.copy_(fused.down.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def contenders(fused: GatedMLP, device: torch.device) -> dict[str, nn.Module]:
+    eager = EagerMLP(fused)
+    out = {"eager (LLaMA MLP)": eager}
+    for name, kwargs in (
+        ("GatedMLP, lean=False", {"lean": False}),
+        ("GatedMLP (lean)", {}),
+        ("GatedMLP, recompute='projection'", {"recompute": "projection"}),
+    ):
+        mlp = GatedMLP(
+            fused.gate_up.in_features, fused.hidden_features, dtype=fused.down.weight.dtype,
+            device=device, **kwargs,
+        )  # fmt: skip
+        mlp.load_state_dict(fused.state_dict())
+        out[name] = mlp
+    if device.type == "cuda":
+        try:
+            from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+        except ImportError:
+            pass
+        else:
+            config = type("Config", (), {"hidden_size": fused.gate_up.in_features})()
+            config.intermediate_size, config.hidden_act = fused.hidden_features, "silu"
+            liger = LigerSwiGLUMLP(config).to(device, fused.down.weight.dtype)
+            liger.load_state_dict(eager.state_dict())
+            out["Liger LigerSwiGLUMLP"] = liger
+    return out
+
+
+def kept_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(storages.values())
+
+
+def step(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).backward(dy)
+
+    return run
+
+
+def backward_peak(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, device) -> int | None:
+    """The backward's own peak, above what it starts with (the forward's kept tensors)."""
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    out = module(x)
+    return peak_memory_bytes(lambda: out.backward(dy), device)
+
+
+def seconds(run: Callable[[], None], device: torch.device, repeats: int) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    run()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def check_against(module, eager, x, dy) -> str:
+    """'ok', or that this contender's output or input gradient differs from the eager MLP's
+    (beyond bfloat16's rounding)."""
+    results = []
+    for m in (eager, module):
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        out = m(x)
+        out.backward(dy)
+        results.append((out.detach().float(), x.grad.float()))
+    close = [torch.allclose(g, w, rtol=2e-2, atol=2e-2) for g, w in zip(*results)]
+    return "ok" if all(close) else "output or input gradient differs from the eager MLP's"
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    fused = GatedMLP(args.hidden, args.intermediate, dtype=dtype, device=device)
+    fused.reset_parameters(std=0.02)
+    rows = []
+    named = contenders(fused, device)
+    for tokens in args.tokens:
+        x = torch.randn(tokens, args.hidden, dtype=dtype, device=device).requires_grad_()
+        dy = torch.randn(tokens, args.hidden, dtype=dtype, device=device)
+        for name, module in named.items():
+            status = check_against(module, named["eager (LLaMA MLP)"], x, dy)
+            row = {"contender": name, "tokens": tokens, "status": status}
+            if status == "ok":
+                row["kept_bytes_per_token"] = kept_bytes(module, x) / tokens
+                row["peak_bytes"] = peak_memory_bytes(step(module, x, dy), device)
+                row["backward_peak_bytes"] = backward_peak(module, x, dy, device)
+                row["seconds"] = seconds(step(module, x, dy), device, args.repeats)
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+    return rows
+
+
+def _mib(nbytes: int | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**20:.1f}"
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, device_name: str) -> str:
+    h, i = args.hidden, args.intermediate
+    itemsize = torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
+    lines = [
+        f"# MLP memory: H {h}, I {i}, {args.dtype}, {device_name}, torch {torch.__version__}",
+        "",
+        f"Expected per token: eager x + 4I = {(h + 4 * i) * itemsize} bytes; lean x + 2I = "
+        f"{(h + 2 * i) * itemsize} ({100 * 2 * i / (h + 4 * i):.0f}% less); recompute x = "
+        f"{h * itemsize} ({100 * 4 * i / (h + 4 * i):.0f}% less).",
+        "",
+        "| tokens | contender | kept for backward, bytes per token | vs eager | peak MiB, "
+        "forward + backward | peak MiB, backward alone | step ms |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    eager = {r["tokens"]: r for r in rows if r["contender"].startswith("eager")}
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['tokens']} | {r['contender']} | {r['status']} | | | | |")
+            continue
+        base = eager[r["tokens"]].get("kept_bytes_per_token")
+        change = f"{100 * (r['kept_bytes_per_token'] / base - 1):+.0f}%" if base else "-"
+        peak, backward = (_mib(r[k]) for k in ("peak_bytes", "backward_peak_bytes"))
+        lines.append(
+            f"| {r['tokens']} | {r['contender']} | {r['kept_bytes_per_token']:.0f} | {change} | "
+            f"{peak} | {backward} | {1000 * r['seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--intermediate", type=int, default=11008)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[64, 256, 512])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="the Markdown table (default: results/<device>)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    rows = measure(args)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    text = markdown(rows, args, name)
+    print(text)
+    out = args.out or RESULTS / device_slug(device) / "mlp_memory.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

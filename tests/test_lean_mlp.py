@@ -1,0 +1,274 @@
+"""GatedMLP's lean block: the same results and gradients as the modules' own path and the
+float64 reference, x + 2I elements kept per token (x with recompute), no activation-sized
+buffer allocated by its backward beyond dh, a second backward that is still right; and the
+in-place backward op under it, on every backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    ACTIVATIONS,
+    DTYPES,
+    LAYOUTS,
+    assert_matches,
+    backend_params,
+    device_of,
+    random_input,
+)
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import glu_fused
+from glu_fused import _derivatives, _gated_mlp, reference
+from glu_fused.nn import GatedMLP
+
+IN, HIDDEN, OUT, TOKENS = 12, 20, 9, 7
+RECOMPUTE = [None, "projection"]
+
+
+def _pair(activation, layout, recompute, bias=True, dtype=torch.float64, device="cpu"):
+    """A lean GatedMLP and a plain one (lean=False) with the same weights."""
+    lean = GatedMLP(
+        IN, HIDDEN, OUT, activation, bias, device, dtype, layout=layout, recompute=recompute
+    )
+    plain = GatedMLP(IN, HIDDEN, OUT, activation, bias, device, dtype, layout=layout, lean=False)
+    plain.load_state_dict(lean.state_dict())
+    return lean, plain
+
+
+def _run(mlp, x, cotangent):
+    """The output and every gradient: x's, then the parameters'."""
+    x = x.detach().requires_grad_()
+    out = mlp(x)
+    out.backward(cotangent)
+    return out.detach(), [x.grad, *(p.grad for p in mlp.parameters())]
+
+
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("backend", backend_params())
+def test_lean_block_is_the_plain_path(backend, activation, layout, recompute):
+    """float64: the lean block and the modules' own path agree to rounding, gradients too."""
+    device = device_of(backend)
+    lean, plain = _pair(activation, layout, recompute, device=device)
+    x = random_input((3, TOKENS, IN), torch.float64, device)
+    cotangent = random_input((3, TOKENS, OUT), torch.float64, device)
+    with glu_fused.use_backend(backend):
+        got = _run(lean, x, cotangent)
+        want = _run(plain, x, cotangent)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for g, w in zip(got[1], want[1]):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend", backend_params(("cpu", "cuda", "triton")))
+def test_lean_block_in_low_precision(backend, layout, dtype):
+    """The activation's output and the projection's gradient, as the block's backward leaves
+    them in its buffers, against the float64 reference of the same inputs."""
+    device = device_of(backend)
+    lean, _ = _pair("silu", layout, None, dtype=dtype, device=device)
+    x = random_input((TOKENS, IN), dtype, device)
+    seen = {}
+
+    def spy(dh, gate, up, activation, real=_gated_mlp._in_place):
+        seen["inputs"] = (dh.clone(), gate.clone(), up.clone())
+        real(dh, gate, up, activation)
+        seen["outputs"] = (dh, gate, up)
+
+    cotangent = random_input((TOKENS, OUT), dtype, device)
+    with glu_fused.use_backend(backend), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_gated_mlp, "_in_place", spy)
+        _run(lean, x, cotangent)
+    dh, gate, up = (t.double().requires_grad_() for t in seen["inputs"])
+    h64 = reference.gated(gate, up, "silu")
+    d_gate64, d_up64 = torch.autograd.grad(h64, (gate, up), dh)
+    for got, want, what in zip(seen["outputs"], (h64, d_gate64, d_up64), ("h", "dgate", "dup")):
+        assert_matches(got, want.detach(), dtype, what)
+
+
+def _saved_elements_per_token(mlp, x) -> float:
+    """Elements of the activations autograd keeps (parameters left out), per token."""
+    params = {p.untyped_storage().data_ptr() for p in mlp.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes() // t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mlp(x)
+    return sum(storages.values()) / (x.numel() // x.shape[-1])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_kept_for_backward(layout):
+    x = random_input((5, TOKENS, IN), torch.float32).requires_grad_()
+    lean, plain = _pair("silu", layout, None, bias=False, dtype=torch.float32)
+    recomputing, _ = _pair("silu", layout, "projection", bias=False, dtype=torch.float32)
+    assert _saved_elements_per_token(lean, x) == IN + 2 * HIDDEN
+    assert _saved_elements_per_token(recomputing, x) == IN
+    assert _saved_elements_per_token(plain, x) == IN + 3 * HIDDEN
+    with torch.no_grad():
+        assert _saved_elements_per_token(lean, x) == 0
+        assert not _gated_mlp.applies((lean.gate_up, lean.down), x)
+
+
+class _Allocations(TorchDispatchMode):
+    """The shapes of the new tensors (not views of an argument) that the ops run inside it
+    return."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            a.untyped_storage().data_ptr()
+            for a in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(a, torch.Tensor)
+        }
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+@pytest.mark.parametrize(("lean", "recompute"), [(True, None), (True, "projection"), (False, None)])
+def test_backward_allocates_no_activation_beyond_dh(lean, recompute):
+    """Activation-sized tensors that backward allocates: the lean block's, dh alone (and the
+    projection again with recompute); the plain path's, dh and the projection's gradient."""
+    mlp = GatedMLP(IN, HIDDEN, OUT, lean=lean, recompute=recompute)
+    out = mlp(random_input((TOKENS, IN), torch.float32).requires_grad_())
+    with _Allocations() as seen:
+        out.backward(torch.ones_like(out))
+    activations = [s for s in seen.shapes if s[0] == TOKENS and s[-1] in (HIDDEN, 2 * HIDDEN)]
+    if not lean:
+        assert sorted(activations) == [(TOKENS, HIDDEN), (TOKENS, 2 * HIDDEN)]
+    elif recompute:
+        assert sorted(activations) == [(TOKENS, HIDDEN), (TOKENS, 2 * HIDDEN)]
+    else:
+        assert activations == [(TOKENS, HIDDEN)]
+
+
+@pytest.mark.parametrize("recompute", RECOMPUTE)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradcheck_and_gradgradcheck_of_the_block(layout, recompute):
+    lean, _ = _pair("gelu", layout, recompute)
+    x = random_input((4, IN), torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lean, (x,))
+    assert torch.autograd.gradgradcheck(lean, (x,))
+
+
+def test_a_second_backward_through_the_same_graph_is_right():
+    """The first backward wrote over what forward kept; the second recomputes it."""
+    lean, _ = _pair("silu", "halves", None)
+    x = random_input((TOKENS, IN), torch.float64).requires_grad_()
+    out = lean(x)
+    inputs = [x, *lean.parameters()]
+    first = torch.autograd.grad(out, inputs, torch.ones_like(out), retain_graph=True)
+    second = torch.autograd.grad(out, inputs, torch.ones_like(out))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_compiles_fullgraph():
+    torch._dynamo.reset()
+    lean, plain = _pair("gelu_tanh", "interleaved", None)
+    x = random_input((TOKENS, IN), torch.float64)
+    cotangent = random_input((TOKENS, OUT), torch.float64)
+    got = _run(torch.compile(lean, fullgraph=True), x, cotangent)
+    want = _run(plain, x, cotangent)
+    for g, w in zip([got[0], *got[1]], [want[0], *want[1]]):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    mlp = GatedMLP(IN, HIDDEN)
+    with pytest.raises(ValueError, match="inputs of 12 features"):
+        mlp(torch.randn(3, IN + 1))
+    with pytest.raises(ValueError, match="weights' dtype, torch.float32; got torch.float64"):
+        mlp(torch.randn(3, IN, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weights' device, cpu; got meta"):
+        mlp(torch.randn(3, IN, device="meta"))
+    with pytest.raises(ValueError, match="unknown recompute 'all'"):
+        GatedMLP(IN, HIDDEN, recompute="all")
+
+
+def test_hooked_or_autocast_modules_take_their_own_path():
+    mlp = GatedMLP(IN, HIDDEN)
+    x = torch.randn(3, IN, requires_grad=True)
+    assert _gated_mlp.applies((mlp.gate_up, mlp.down), x)
+    handle = mlp.down.register_forward_hook(lambda *args: None)
+    assert not _gated_mlp.applies((mlp.gate_up, mlp.down), x)
+    handle.remove()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _gated_mlp.applies((mlp.gate_up, mlp.down), x)
+        assert mlp(x).dtype == torch.bfloat16
+
+
+# ---- the in-place backward op --------------------------------------------------------------
+
+
+def _buffers(shape_kind, dtype, device):
+    """(dh, gate, up) in one of the layouts the lean block hands the op."""
+    dh = random_input((TOKENS, HIDDEN), dtype, device)
+    if shape_kind == "two projections":
+        return (
+            dh,
+            random_input((TOKENS, HIDDEN), dtype, device),
+            random_input((TOKENS, HIDDEN), dtype, device),
+        )
+    gate_up = random_input((TOKENS, 2 * HIDDEN), dtype, device)
+    return (dh, *reference.split(gate_up, 1, shape_kind == "interleaved"))
+
+
+@pytest.mark.parametrize("kind", ["two projections", "halves", "interleaved"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("backend", backend_params())
+def test_in_place_op_matches_the_reference(backend, activation, dtype, kind):
+    dh, gate, up = _buffers(kind, dtype, device_of(backend))
+    g64, u64 = (t.detach().double().requires_grad_() for t in (gate, up))
+    h64 = reference.gated(g64, u64, activation)
+    d_gate64, d_up64 = torch.autograd.grad(h64, (g64, u64), dh.double())
+    with glu_fused.use_backend(backend):
+        glu_fused.backends.route(dh.device.type).gated_backward_in_place(dh, gate, up, activation)
+    assert_matches(dh, h64.detach(), dtype, "h over dh")
+    assert_matches(gate, d_gate64, dtype, "dgate over gate")
+    assert_matches(up, d_up64, dtype, "dup over up")
+
+
+def test_reference_in_place_is_autograd_of_the_reference():
+    dh, gate, up = _buffers("two projections", torch.float64, "cpu")
+    g64, u64 = (t.detach().clone().requires_grad_() for t in (gate, up))
+    h64 = reference.gated(g64, u64, "gelu")
+    d_gate64, d_up64 = torch.autograd.grad(h64, (g64, u64), dh)
+    _derivatives.gated_backward_in_place(dh, gate, up, "gelu")
+    for got, want in ((dh, h64), (gate, d_gate64), (up, d_up64)):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu", "cuda", "triton")))
+def test_in_place_op_refuses_what_it_cannot_write_in_place(backend):
+    from glu_fused import _ops
+
+    op = _ops.GATED[glu_fused.backends.BACKENDS[backend].family].backward_in_place
+    device = device_of(backend)
+    dh, gate, up = _buffers("two projections", torch.float32, device)
+    with pytest.raises(ValueError, match="grad_out, which must be contiguous"):
+        op(dh.t().contiguous().t(), gate, up, "silu")
+    with pytest.raises(ValueError, match="read where they are"):
+        op(dh, gate.t().contiguous().t(), up.t().contiguous().t(), "silu")
+    with pytest.raises(RuntimeError, match="single memory location"):
+        op(dh, dh, up, "silu")
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        op(dh, gate.requires_grad_(), up, "silu")
+    versions = [t._version for t in (dh, up)]
+    op(dh, gate.detach(), up, "silu")
+    assert [t._version for t in (dh, up)] == [v + 1 for v in versions]
