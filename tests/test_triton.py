@@ -1,4 +1,4 @@
-"""The Triton backend's own pieces: its erfc, its tiling heuristic, the
+"""The Triton backend's own pieces: its erfc and GeLU CDF, its tiling heuristic, the
 alignment it promises the compiler, its 64-bit path, and "auto" choosing it where the CUDA
 kernels are absent. Its numerics against the reference run in the shared suites (on the
 CPU through Triton's interpreter); what the compiler makes of its kernels,
@@ -64,6 +64,66 @@ def test_erfc_at_its_limits(backend, dtype):
     assert out.cpu().tolist()[:2] == [0.0, 2.0]
     assert out[2].isnan()
     assert out.cpu().tolist()[3:] == [0.0, 2.0, 0.0]
+
+
+@triton.jit
+def _cdf_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    tl.store(out_ptr + offsets, m.gelu_cdf(tl.load(x_ptr + offsets, mask=mask)), mask=mask)
+
+
+def _phi(x: torch.Tensor) -> torch.Tensor:
+    """Phi in float64, correctly rounded for float64 inputs (mpmath): torch's erfc(-x/sqrt 2)
+    loses 2 (x^2 / 2) ulps to the rounding of x / sqrt 2, 1.6e-13 near x = -37."""
+    if x.dtype != torch.float64:
+        return 0.5 * torch.special.erfc(-x.double() / 2**0.5)
+    mpmath = pytest.importorskip("mpmath", reason="mpmath is not installed")
+    with mpmath.workdps(40):
+        return torch.tensor([float(mpmath.ncdf(v)) for v in x.tolist()], dtype=torch.float64)
+
+
+# GeLU's CDF, Phi(g) = erfc(-g / sqrt 2) / 2, from where it rounds to 0 to where it rounds
+# to 1: relative error where Phi is a normal number (measured in the interpreter: 4.7e-7 in
+# float32, 7.3e-16 in float64, with the exponent split from g itself; 1.2e-5 in float32 with
+# it split from g / sqrt 2); below, a few of the smallest subnormals (the last product's and
+# the halving's roundings: 1.9 measured in float32). On a GPU, libdevice's exp is its
+# flush-to-zero variant (ex2.approx.ftz): there, Phi below 1.2e-38 may read 0 in float32.
+CDF_RANGES = [(torch.float32, -14.5, 9.0, 1e-6), (torch.float64, -38.7, 9.0, 2e-15)]
+SUBNORMAL_ULPS = 4
+
+
+@pytest.mark.parametrize(("dtype", "low", "high", "bound"), CDF_RANGES, ids=str)
+def test_gelu_cdf_relative_error(backend, dtype, low, high, bound):
+    dev = device_of(backend)
+    x = torch.cat(
+        [
+            torch.linspace(low, high, 2001, dtype=torch.float64),
+            torch.tensor([0.0, -0.0, -0.5, 0.5, -(2**0.5) * 4, -(2**0.5) * 0.46875, 1e-30, -1e-30]),
+            torch.rand(1000, dtype=torch.float64) * (high - low) + low,
+        ]
+    ).to(dtype)
+    out = torch.full_like(x, float("nan"), device=dev)
+    _cdf_kernel[((x.numel() + 1023) // 1024,)](x.to(dev), out, x.numel(), BLOCK=1024)
+    got, want = out.double().cpu(), _phi(x)
+    normal = want >= torch.finfo(dtype).tiny
+    rel = ((got - want) / want).abs()[normal]
+    worst = x[normal][rel.argmax()].item()
+    assert rel.max() <= bound, f"Phi({worst}): relative error {rel.max().item():.2e}"
+    smallest = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+    ulps = (got - want).abs()[~normal] / smallest
+    assert ulps.max() <= SUBNORMAL_ULPS, f"{ulps.max().item()} subnormal ulps"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gelu_cdf_at_its_limits(backend, dtype):
+    dev = device_of(backend)
+    x = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0, 40.0, -40.0, 1e30])
+    out = torch.full_like(x.to(dtype), 7.0, device=dev)
+    _cdf_kernel[(1,)](x.to(dtype).to(dev), out, x.numel(), BLOCK=8)
+    got = out.cpu().tolist()
+    assert got[:2] == [1.0, 0.0] and out[2].isnan()
+    assert got[3:] == [0.5, 0.5, 1.0, 0.0, 1.0]
 
 
 ITEMSIZES = [2, 4, 8]
