@@ -16,9 +16,9 @@ equals 1 or is a multiple of 16). What Triton's divisibility specialization woul
 told the compiler, ALIGN tells it for every layout: every pointer is ALIGN elements
 aligned, and run_len and every stride are multiples of ALIGN (launch.alignment computes the
 largest such power of two, up to 16 bytes, from the call's pointers and strides). The
-kernels state it with tl.multiple_of on each run's first address and on the count of
-elements left in the run, so accesses are ALIGN elements wide (128-bit where ALIGN reaches
-16 bytes), and 8- or 4-byte wide where a row length or a stride is not a multiple of 16.
+kernels state it with tl.multiple_of on the tile's pointers and on the count of elements
+left in the run, so accesses are ALIGN elements wide (128-bit where ALIGN reaches 16
+bytes), and 8- or 4-byte wide where a row length or a stride is not a multiple of 16.
 NESTED: runs come in groups of runs_per_outer (a split along an inner dim); otherwise run r
 starts at r * outer_stride.
 """

@@ -6,7 +6,7 @@ Every kernel the launcher can choose is in a small fixed set, so that all of the
 compiled ahead of time (tests/test_triton_codegen.py compiles each for sm_80 and sm_90)
 rather than found by the first call that needs one. Tiles, a heuristic rather than
 autotuning (an autotuned choice would have to be measured on every shape, and the
-interpreter cannot time anything), are one of configs(itemsize):
+interpreter cannot time anything), are one of configs(itemsize, align):
   * every tile holds TILE = 4096 outputs in 8 warps, 16 per thread: each thread issues two
     or more 16-byte loads per tensor, and a 64 MiB input still makes thousands of programs
     for an H200's 132 SMs. float64 tiles hold half as many, 8 per thread (still four
@@ -19,7 +19,8 @@ interpreter cannot time anything), are one of configs(itemsize):
 Besides the tile, a kernel is specialized on ALIGN (alignment(): the vector width the call's
 pointers and strides allow), NESTED (runs grouped under outer blocks), the activation, the
 input dtype (float64 computes in float64, the others in float32), PAIRS and GATE_FIRST
-(where gate and value alternate: which comes first). specialization() gives them all.
+(where gate and value alternate: which comes first). specialization() gives them all, and
+options() the compile options that go with them.
 """
 
 from __future__ import annotations
