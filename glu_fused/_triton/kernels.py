@@ -9,12 +9,27 @@ code as full tiles, so every element's result is bitwise the same wherever it li
 
 Offsets of rows are 64-bit; offsets inside a run are 32-bit unless a run is so long that
 they could overflow (WIDE).
+
+Specialization is the launcher's alone: integer arguments are int64 and pointers are not
+specialized on their alignment (Triton would otherwise compile a variant per argument that
+equals 1 or is a multiple of 16). What Triton's divisibility specialization would have
+told the compiler, ALIGN tells it for every layout: every pointer is ALIGN elements
+aligned, and run_len and every stride are multiples of ALIGN (launch.alignment computes the
+largest such power of two, up to 16 bytes, from the call's pointers and strides). The
+kernels state it with tl.multiple_of on the tile's pointers and on the count of elements
+left in the run, so accesses are ALIGN elements wide (128-bit where ALIGN reaches 16
+bytes), and 8- or 4-byte wide where a row length or a stride is not a multiple of 16.
+NESTED: runs come in groups of runs_per_outer (a split along an inner dim); otherwise run r
+starts at r * outer_stride.
 """
 
 import triton
 import triton.language as tl
 
 from . import math as m
+
+_INTEGERS = ("runs", "run_len", "runs_per_outer", "outer_stride", "run_stride")
+_GRAD_STRIDES = ("grad_outer_stride", "grad_run_stride")
 
 
 @triton.jit
@@ -25,30 +40,55 @@ def _param(p, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _tile_origin(run_len, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, WIDE: tl.constexpr):
-    """This program's runs (int64), the first output of its part of them, and run_len
-    (int64 if WIDE, so that 2 * run_len cannot overflow either)."""
-    if WIDE:
-        run_len = run_len.to(tl.int64)
+def _tile_origin(run_len, BLOCK_E: tl.constexpr, WIDE: tl.constexpr):
+    """This program's tile: its group of runs, the first output of its part of them, and
+    run_len (int32 unless WIDE, where offsets inside a run stay 64-bit)."""
+    if not WIDE:
+        run_len = run_len.to(tl.int32)
     pid = tl.program_id(0)
     parts = tl.cdiv(run_len, BLOCK_E)
     group = pid // parts
     part = pid - group * parts
-    rows = group.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    return rows, part * BLOCK_E, run_len
+    return group.to(tl.int64), part * BLOCK_E, run_len
 
 
 @triton.jit
-def _run_offsets(rows, runs_per_outer, outer_stride, run_stride):
-    return (rows // runs_per_outer) * outer_stride + (rows % runs_per_outer) * run_stride
+def _run_places(first, runs_per_outer, BLOCK_R: tl.constexpr, NESTED: tl.constexpr):
+    """The tile's runs, first to first + BLOCK_R - 1, as (outer block, place in it):
+    PairLayout::run_offset's r / runs_per_outer and r % runs_per_outer. The launcher keeps
+    BLOCK_R <= runs_per_outer where NESTED, so the runs of a tile cross into the next outer
+    block at most once: one division per program, not one per run."""
+    if NESTED:
+        block = first // runs_per_outer
+        place = (first - block * runs_per_outer) + tl.arange(0, BLOCK_R)
+        crossed = place >= runs_per_outer
+        return block + crossed.to(tl.int64), tl.where(crossed, place - runs_per_outer, place)
+    else:
+        return first + tl.arange(0, BLOCK_R), 0
 
 
 @triton.jit
-def _span(offsets, row_mask, first, end, WIDTH: tl.constexpr):
-    """A tile's element offsets, [runs, WIDTH] from `first` of each run at `offsets`, and its
-    mask: the runs that exist, the elements before `end`."""
-    cols = first + tl.arange(0, WIDTH)
-    return offsets[:, None] + cols[None, :], row_mask[:, None] & (cols < end)[None, :]
+def _run_offsets(outer, inner, outer_stride, run_stride):
+    """Where each run starts, in elements: PairLayout::run_offset."""
+    return outer * outer_stride + inner * run_stride
+
+
+@triton.jit
+def _span(run_ptrs, row_mask, first, end, WIDTH: tl.constexpr, ALIGN: tl.constexpr):
+    """A tile's pointers, [runs, WIDTH] from `first` of each run (run_ptrs: their first
+    elements), and its mask: the runs that exist, the elements before `end`.
+
+    Each run starts ALIGN elements aligned (launch.alignment) and `first` is a multiple of
+    BLOCK_E, so each row of the tile starts ALIGN elements aligned (tl.multiple_of counts
+    bytes for pointers; the hint sits on the tile's own pointers, which no canonicalization
+    folds away). What is left of each run from `first` (at most WIDTH counts, in int32 even
+    where WIDE) is a multiple of ALIGN (run_len is one), so the mask is constant over
+    ALIGN-element groups and cannot split a vector."""
+    left = tl.multiple_of(tl.minimum(end - first, WIDTH).to(tl.int32), ALIGN)
+    cols = tl.arange(0, WIDTH)
+    at = (run_ptrs + first)[:, None] + cols[None, :]
+    at = tl.multiple_of(at, [1, ALIGN * (at.dtype.element_ty.primitive_bitwidth // 8)])
+    return at, row_mask[:, None] & (cols < left)[None, :]
 
 
 @triton.jit
@@ -63,6 +103,7 @@ def _load_pairs(
     GATE_FIRST: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """The tile's gates and values, [BLOCK_R, BLOCK_E] each, as stored."""
     if PAIRS:
@@ -70,8 +111,15 @@ def _load_pairs(
             first_ptr = g_ptr
         else:
             first_ptr = v_ptr
-        at, mask = _span(offsets, row_mask, 2 * start, 2 * run_len, 2 * BLOCK_E)
-        both = tl.load(first_ptr + at, mask=mask, other=0.0)
+        at, mask = _span(
+            first_ptr + offsets,
+            row_mask,
+            2 * start,
+            2 * run_len,
+            2 * BLOCK_E,
+            ALIGN,
+        )
+        both = tl.load(at, mask=mask, other=0.0)
         first, second = tl.split(tl.reshape(both, (BLOCK_R, BLOCK_E, 2)))
         if GATE_FIRST:
             g = first
@@ -80,9 +128,10 @@ def _load_pairs(
             g = second
             v = first
     else:
-        at, mask = _span(offsets, row_mask, start, run_len, BLOCK_E)
-        g = tl.load(g_ptr + at, mask=mask, other=0.0)
-        v = tl.load(v_ptr + at, mask=mask, other=0.0)
+        g_at, mask = _span(g_ptr + offsets, row_mask, start, run_len, BLOCK_E, ALIGN)
+        v_at, _ = _span(v_ptr + offsets, row_mask, start, run_len, BLOCK_E, ALIGN)
+        g = tl.load(g_at, mask=mask, other=0.0)
+        v = tl.load(v_at, mask=mask, other=0.0)
     return g, v
 
 
@@ -100,6 +149,7 @@ def _store_pairs(
     GATE_FIRST: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_E: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Stores a tile of gate and value gradients where _load_pairs reads gates and values."""
     if PAIRS:
@@ -109,85 +159,106 @@ def _store_pairs(
         else:
             first_ptr = v_ptr
             both = tl.join(v, g)
-        at, mask = _span(offsets, row_mask, 2 * start, 2 * run_len, 2 * BLOCK_E)
-        tl.store(first_ptr + at, tl.reshape(both, (BLOCK_R, 2 * BLOCK_E)), mask=mask)
+        at, mask = _span(
+            first_ptr + offsets,
+            row_mask,
+            2 * start,
+            2 * run_len,
+            2 * BLOCK_E,
+            ALIGN,
+        )
+        tl.store(at, tl.reshape(both, (BLOCK_R, 2 * BLOCK_E)), mask=mask)
     else:
-        at, mask = _span(offsets, row_mask, start, run_len, BLOCK_E)
-        tl.store(g_ptr + at, g, mask=mask)
-        tl.store(v_ptr + at, v, mask=mask)
+        g_at, mask = _span(g_ptr + offsets, row_mask, start, run_len, BLOCK_E, ALIGN)
+        v_at, _ = _span(v_ptr + offsets, row_mask, start, run_len, BLOCK_E, ALIGN)
+        tl.store(g_at, g, mask=mask)
+        tl.store(v_at, v, mask=mask)
 
 
 @triton.jit
-def _dense_tile(rows, row_mask, start, run_len, BLOCK_E: tl.constexpr):
-    """Offsets and mask of the tile in a dense [runs, run_len] tensor."""
-    return _span(rows * run_len, row_mask, start, run_len, BLOCK_E)
+def _dense_tile(ptr, rows, row_mask, start, run_len, BLOCK_E: tl.constexpr, ALIGN: tl.constexpr):
+    """Pointers and mask of the tile in a dense [runs, run_len] tensor."""
+    return _span(ptr + rows * run_len, row_mask, start, run_len, BLOCK_E, ALIGN)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=_INTEGERS, do_not_specialize_on_alignment=("g_ptr", "v_ptr", "out_ptr")
+)
 def forward_kernel(
     g_ptr,
     v_ptr,
     out_ptr,
-    runs,
-    run_len,
-    runs_per_outer,
-    outer_stride,
-    run_stride,
+    runs: tl.int64,
+    run_len: tl.int64,
+    runs_per_outer: tl.int64,
+    outer_stride: tl.int64,
+    run_stride: tl.int64,
     alpha: tl.float64,
     limit: tl.float64,
     ACT: tl.constexpr,
     COMPUTE: tl.constexpr,
     PAIRS: tl.constexpr,
     GATE_FIRST: tl.constexpr,
+    NESTED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_E: tl.constexpr,
     WIDE: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
-    rows, start, run_len = _tile_origin(run_len, BLOCK_R, BLOCK_E, WIDE)
+    group, start, run_len = _tile_origin(run_len, BLOCK_E, WIDE)
+    rows = group * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < runs
-    offsets = _run_offsets(rows, runs_per_outer, outer_stride, run_stride)
+    outer, inner = _run_places(group * BLOCK_R, runs_per_outer, BLOCK_R, NESTED)
+    offsets = _run_offsets(outer, inner, outer_stride, run_stride)
     g, v = _load_pairs(
-        g_ptr, v_ptr, offsets, row_mask, start, run_len, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E
+        g_ptr, v_ptr, offsets, row_mask, start, run_len, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E, ALIGN
     )
     out = m.gated_forward(
         g.to(COMPUTE), v.to(COMPUTE), _param(alpha, COMPUTE), _param(limit, COMPUTE), ACT
     )
-    out_offsets, out_mask = _dense_tile(rows, row_mask, start, run_len, BLOCK_E)
-    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+    out_at, out_mask = _dense_tile(out_ptr, rows, row_mask, start, run_len, BLOCK_E, ALIGN)
+    tl.store(out_at, out.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=_INTEGERS + _GRAD_STRIDES,
+    do_not_specialize_on_alignment=("g_ptr", "v_ptr", "dy_ptr", "dg_ptr", "dv_ptr"),
+)
 def backward_kernel(
     g_ptr,
     v_ptr,
     dy_ptr,
     dg_ptr,
     dv_ptr,
-    runs,
-    run_len,
-    runs_per_outer,
-    outer_stride,
-    run_stride,
-    grad_outer_stride,
-    grad_run_stride,
+    runs: tl.int64,
+    run_len: tl.int64,
+    runs_per_outer: tl.int64,
+    outer_stride: tl.int64,
+    run_stride: tl.int64,
+    grad_outer_stride: tl.int64,
+    grad_run_stride: tl.int64,
     alpha: tl.float64,
     limit: tl.float64,
     ACT: tl.constexpr,
     COMPUTE: tl.constexpr,
     PAIRS: tl.constexpr,
     GATE_FIRST: tl.constexpr,
+    NESTED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_E: tl.constexpr,
     WIDE: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
-    rows, start, run_len = _tile_origin(run_len, BLOCK_R, BLOCK_E, WIDE)
+    group, start, run_len = _tile_origin(run_len, BLOCK_E, WIDE)
+    rows = group * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < runs
-    offsets = _run_offsets(rows, runs_per_outer, outer_stride, run_stride)
+    outer, inner = _run_places(group * BLOCK_R, runs_per_outer, BLOCK_R, NESTED)
+    offsets = _run_offsets(outer, inner, outer_stride, run_stride)
     g, v = _load_pairs(
-        g_ptr, v_ptr, offsets, row_mask, start, run_len, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E
+        g_ptr, v_ptr, offsets, row_mask, start, run_len, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E, ALIGN
     )
-    dy_offsets, dy_mask = _dense_tile(rows, row_mask, start, run_len, BLOCK_E)
-    dy = tl.load(dy_ptr + dy_offsets, mask=dy_mask, other=0.0)
+    dy_at, dy_mask = _dense_tile(dy_ptr, rows, row_mask, start, run_len, BLOCK_E, ALIGN)
+    dy = tl.load(dy_at, mask=dy_mask, other=0.0)
     dg, dv = m.gated_backward(
         g.to(COMPUTE),
         v.to(COMPUTE),
@@ -196,7 +267,7 @@ def backward_kernel(
         _param(limit, COMPUTE),
         ACT,
     )
-    grad_offsets = _run_offsets(rows, runs_per_outer, grad_outer_stride, grad_run_stride)
+    grad_offsets = _run_offsets(outer, inner, grad_outer_stride, grad_run_stride)
     out_type = dg_ptr.dtype.element_ty
     _store_pairs(
         dg_ptr,
@@ -211,4 +282,5 @@ def backward_kernel(
         GATE_FIRST,
         BLOCK_R,
         BLOCK_E,
+        ALIGN,
     )

@@ -2,17 +2,31 @@
 pointers, the runs of its PairLayout (csrc/glu_layout.h), the activation and its
 parameters.
 
-Tile sizes, a heuristic rather than autotuning (an autotuned choice would have to be
-measured on every shape, and the interpreter cannot time anything):
-  * a tile holds TILE = 4096 outputs: with 8 warps, 16 per thread, so that each thread
-    issues two or more 16-byte loads per tensor and a 64 MiB input still makes thousands
-    of programs for 132 SMs;
-  * BLOCK_E is the run length rounded up to a power of two, at most TILE; short runs are
-    stacked BLOCK_R = TILE / BLOCK_E to a tile, so a tile is never mostly masked;
-  * warps: one per 512 outputs of the tile, 1 to 8.
+Every kernel the launcher can choose is in a small fixed set, so that all of them can be
+compiled ahead of time (tests/test_triton_codegen.py compiles each for sm_80 and sm_90)
+rather than found by the first call that needs one. Tiles, a heuristic rather than
+autotuning (an autotuned choice would have to be measured on every shape, and the
+interpreter cannot time anything), are one of configs(itemsize, align):
+  * every tile holds TILE = 4096 outputs in 8 warps, 16 per thread: each thread issues two
+    or more 16-byte loads per tensor, and a 64 MiB input still makes thousands of programs
+    for an H200's 132 SMs. float64 tiles hold half as many, 8 per thread (still four
+    16-byte loads per tensor): with 16, float64 GeLU's registers spill;
+  * BLOCK_E, a tile's outputs of each run, is a power of two from 16 (256 with one
+    element per access) to the tile, and BLOCK_R = tile / BLOCK_E runs are stacked in a
+    tile: choose() takes the widest BLOCK_E whose tiles cover at most 1/8 more than the
+    fewest tiles any BLOCK_E needs;
+  * runs long enough that offsets inside them could overflow int32 take the one WIDE tile.
+Besides the tile, a kernel is specialized on ALIGN (alignment(): the vector width the call's
+pointers and strides allow), NESTED (runs grouped under outer blocks), the activation, the
+input dtype (float64 computes in float64, the others in float32), PAIRS and GATE_FIRST
+(where gate and value alternate: which comes first). specialization() gives them all, and
+options() the compile options that go with them.
 """
 
+from __future__ import annotations
+
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -21,35 +35,173 @@ import triton.language as tl
 from . import kernels
 
 TILE = 4096
-OUTPUTS_PER_WARP = 512
-MAX_WARPS = 8
+WARPS = 8
+# Outputs of a run per tile, at the least: a few vectors of every dtype. With one element
+# per access (ALIGN 1), the elements a thread holds along a run are 32 apart, so a narrow
+# tile spreads each thread over BLOCK_R * 32 / 256 runs, each with its addresses: at 4 runs
+# per thread, a nested backward of pairs took 255 registers and spilled; 2 at most there.
+MIN_BLOCK_E = 16
+SCALAR_MIN_BLOCK_E = 256
+VECTOR_BYTES = 16
+# Offsets inside a run are 32-bit unless (2 for pairs) * (run_len + tile) reaches this.
+WIDE_FROM = 2**31
+MAXNREG = 255
 
 KERNELS = {"forward": kernels.forward_kernel, "backward": kernels.backward_kernel}
+# (PAIRS, GATE_FIRST) of a launch: halves have a pointer each, so GATE_FIRST is always False
+# for them; interleaved pairs start with the gate or with the value.
+PAIR_LAYOUTS = ((False, False), (True, True), (True, False))
 
 
-def config(runs: int, run_len: int, pairs: bool = False) -> dict:
-    """Grid, tile and warps for `runs` runs of `run_len` outputs (interleaved pairs: 2
-    inputs per output in one run): the heuristic above."""
-    block_e = min(triton.next_power_of_2(run_len), TILE)
-    block_r = min(TILE // block_e, triton.next_power_of_2(runs))
-    warps = min(max(block_r * block_e // OUTPUTS_PER_WARP, 1), MAX_WARPS)
-    # Offsets inside a run reach elem_stride * (run_len + BLOCK_E): 64-bit past int32.
-    wide = (2 if pairs else 1) * (run_len + block_e) >= 2**31
-    programs = triton.cdiv(runs, block_r) * triton.cdiv(run_len, block_e)
-    return {
-        "grid": (programs,),
-        "BLOCK_R": block_r,
-        "BLOCK_E": block_e,
-        "WIDE": wide,
-        "num_warps": warps,
+@dataclass(frozen=True)
+class Config:
+    """A tile and its warps."""
+
+    block_r: int
+    block_e: int
+    wide: bool = False
+    num_warps: int = WARPS
+
+    def meta(self) -> dict:
+        """The kernel's tile constexprs."""
+        return {"BLOCK_R": self.block_r, "BLOCK_E": self.block_e, "WIDE": self.wide}
+
+
+def tile_outputs(itemsize: int) -> int:
+    """Outputs per tile for elements of `itemsize` bytes."""
+    return TILE // 2 if itemsize > 4 else TILE
+
+
+def _narrow(itemsize: int, align: int | None) -> tuple[Config, ...]:
+    tile = tile_outputs(itemsize)
+    least = SCALAR_MIN_BLOCK_E if align == 1 else MIN_BLOCK_E
+    widths = (2**k for k in range(tile.bit_length()))
+    return tuple(Config(tile // e, e) for e in widths if e >= least)
+
+
+def configs(itemsize: int, align: int | None = None) -> tuple[Config, ...]:
+    """Every tile choose() can return for elements of `itemsize` bytes and a launch's ALIGN
+    (None: any but 1)."""
+    return (*_narrow(itemsize, align), Config(1, tile_outputs(itemsize), wide=True))
+
+
+def options(tile: Config, itemsize: int, align: int, cuda: bool = True) -> dict:
+    """Compile options of a launch: its warps, and for CUDA, .maxnreg 255 where the kernel
+    needs the most registers: float64, and one element per access (ALIGN 1: an address per
+    element). Left to itself, ptxas trades a few bytes of spills for one more block per SM
+    where a kernel needs a little more than an occupancy step (64 or 128 registers for 256
+    threads), as some of those did (8 to 32 bytes); .maxnreg lets it take what they need.
+    Vector kernels of 2- and 4-byte dtypes keep its choice: no spills there, and twice the
+    occupancy (with .maxnreg, ptxas doubles their registers)."""
+    if cuda and (itemsize > 4 or align == 1):
+        return {"num_warps": tile.num_warps, "maxnreg": MAXNREG}
+    return {"num_warps": tile.num_warps}
+
+
+def alignments(itemsize: int) -> tuple[int, ...]:
+    """Every ALIGN alignment() can return for elements of `itemsize` bytes: the powers of two
+    up to 16 bytes of elements."""
+    widest = max(VECTOR_BYTES // itemsize, 1)
+    return tuple(2**k for k in range(widest.bit_length()))
+
+
+def _tiles(c: Config, runs: int, run_len: int) -> int:
+    return triton.cdiv(runs, c.block_r) * triton.cdiv(run_len, c.block_e)
+
+
+def choose(
+    runs: int,
+    run_len: int,
+    pairs: bool = False,
+    itemsize: int = 4,
+    align: int | None = None,
+    most_runs: int | None = None,
+) -> Config:
+    """The tile for `runs` runs of `run_len` outputs (interleaved pairs: 2 inputs per output
+    in one run) of `itemsize`-byte elements, accessed `align` elements at a time, as the
+    module's docstring says; with at most `most_runs` runs a tile (NESTED: the runs of one
+    outer block)."""
+    if (2 if pairs else 1) * (run_len + tile_outputs(itemsize)) >= WIDE_FROM:
+        return configs(itemsize, align)[-1]
+    narrow = [c for c in _narrow(itemsize, align) if most_runs is None or c.block_r <= most_runs]
+    fewest = min(_tiles(c, runs, run_len) for c in narrow)
+    near = (c for c in narrow if 8 * _tiles(c, runs, run_len) <= 9 * fewest)
+    return max(near, key=lambda c: c.block_e)
+
+
+def config(runs: int, run_len: int, pairs: bool = False, itemsize: int = 4) -> dict:
+    """Grid, tile constexprs and warps for `runs` runs of `run_len` outputs."""
+    c = choose(runs, run_len, pairs, itemsize)
+    return {"grid": (_tiles(c, runs, run_len),), **c.meta(), "num_warps": c.num_warps}
+
+
+def _aligned(align: int, pointers, integers, itemsize: int) -> bool:
+    return all(p % (align * itemsize) == 0 for p in pointers) and all(
+        i % align == 0 for i in integers
+    )
+
+
+def alignment(pointers, integers, itemsize: int) -> int:
+    """The largest power of two ALIGN, at most 16 bytes of elements, such that every pointer
+    (an address) is ALIGN elements aligned and every integer (run_len and the strides) is a
+    multiple of ALIGN: what the kernels promise the compiler, so that each access is ALIGN
+    elements wide."""
+    align = max(VECTOR_BYTES // itemsize, 1)
+    while align > 1 and not _aligned(align, pointers, integers, itemsize):
+        align //= 2
+    return align
+
+
+def _flatten(plan: dict) -> tuple[bool, tuple[int, ...]]:
+    """(NESTED, strides): runs in one outer block, or one run per outer block, are evenly
+    strided and need no division; their unused run strides become 0."""
+    strides = plan["strides"]
+    per_outer = plan["runs_per_outer"]
+    if per_outer == 1:
+        return False, tuple(s if i % 2 == 0 else 0 for i, s in enumerate(strides))
+    if per_outer >= plan["runs"]:
+        return False, tuple(strides[i + 1] if i % 2 == 0 else 0 for i in range(len(strides)))
+    return True, tuple(strides)
+
+
+def specialization(plan: dict, like: torch.Tensor) -> tuple[Config, dict, tuple[int, ...]]:
+    """The call's tile, every other constexpr of its kernel, and its strides."""
+    nested, strides = _flatten(plan)
+    addresses = [p.data_ptr() for p in plan["pointers"]]
+    align = alignment(addresses, (plan["run_len"], *strides), like.element_size())
+    constexprs = {
+        "ACT": plan["activation"],
+        "COMPUTE": tl.float64 if like.dtype == torch.float64 else tl.float32,
+        "PAIRS": plan["pairs"],
+        "GATE_FIRST": plan["pairs"] and plan["gate_first"],  # see PAIR_LAYOUTS
+        "NESTED": nested,
+        "ALIGN": align,
     }
+    most_runs = plan["runs_per_outer"] if nested else None
+    tile = choose(
+        plan["runs"], plan["run_len"], plan["pairs"], like.element_size(), align, most_runs
+    )
+    return tile, constexprs, strides
+
+
+def check_promises(tile: Config, constexprs: dict, plan: dict, strides, itemsize: int) -> None:
+    """Refuses a launch whose constexprs promise the kernel more than the call holds: an
+    ALIGN its pointers and strides do not hold (tl.multiple_of would make misaligned vector
+    accesses), or, NESTED, tiles of more runs than an outer block has (_run_places)."""
+    align = constexprs["ALIGN"]
+    addresses = [p.data_ptr() for p in plan["pointers"]]
+    if not _aligned(align, addresses, (plan["run_len"], *strides), itemsize):
+        raise RuntimeError(f"glu_fused: ALIGN={align} does not hold for this call's layout")
+    if constexprs["NESTED"] and tile.block_r > plan["runs_per_outer"]:
+        raise RuntimeError(f"glu_fused: BLOCK_R={tile.block_r} > runs_per_outer, NESTED")
 
 
 def launch(kernel: str, plan: dict, like: torch.Tensor) -> None:
     """Launches the forward or backward kernel over a plan's runs, on like's device and its
     current stream."""
-    settings = config(plan["runs"], plan["run_len"], plan["pairs"])
-    grid = settings.pop("grid")
+    tile, constexprs, strides = specialization(plan, like)
+    check_promises(tile, constexprs, plan, strides, like.element_size())
+    grid = (_tiles(tile, plan["runs"], plan["run_len"]),)
     guard = torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext()
     with guard:
         KERNELS[kernel][grid](
@@ -57,12 +209,10 @@ def launch(kernel: str, plan: dict, like: torch.Tensor) -> None:
             plan["runs"],
             plan["run_len"],
             plan["runs_per_outer"],
-            *plan["strides"],
+            *strides,
             float(plan["alpha"]),
             float(plan["limit"]),
-            ACT=plan["activation"],
-            COMPUTE=tl.float64 if like.dtype == torch.float64 else tl.float32,
-            PAIRS=plan["pairs"],
-            GATE_FIRST=plan["gate_first"],
-            **settings,
+            **constexprs,
+            **tile.meta(),
+            **options(tile, like.element_size(), constexprs["ALIGN"], torch.version.hip is None),
         )
