@@ -9,7 +9,10 @@ namespace {
 template <Activation A, typename scalar_t, typename Access>
 struct BackwardThread {
   using E = Element<A, scalar_t>;
+  using Stage = Staging<scalar_t, kBackwardInputs>;
   static constexpr int W = Access::kWidth;
+  static constexpr int kItems = Stage::kItems;
+  static constexpr int kMinBlocksPerSm = Stage::kMinBlocksPerSm;
 
   Tiling tiling;
   PairLayout in;
@@ -36,7 +39,7 @@ struct BackwardThread {
     using Scalar = ScalarAccess<scalar_t>;
     typename Access::PairPacks xs[kItems];
     typename Access::Dense dys[kItems];
-    for_each_item<W>(
+    for_each_item<kItems, W>(
         s,
         [&](int u, int64_t e) {
           xs[u] = Access::load_pair(g, v, e, es);
@@ -92,7 +95,7 @@ struct Backward {
                          pairs_aligned16<scalar_t>(call.in, gate, value) &&
                          pairs_aligned16<scalar_t>(call.grad_in, grad_gate, grad_value) &&
                          dense_aligned16<scalar_t>(call.in, grad_out);
-    return run_fastest_path<scalar_t>(exec, call.in, aligned, make);
+    return run_fastest_path<scalar_t, kBackwardInputs>(exec, call.in, aligned, make);
   }
 };
 

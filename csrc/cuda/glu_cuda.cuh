@@ -362,13 +362,28 @@ struct Tiling {
   }
 };
 
-// Items per thread: all their loads are issued before the first is used.
-constexpr int kItems = 2;
+// Tensors a direction reads for each output element: the gate and the value, and backward
+// also the upstream gradient. Each is one 16-byte load per item on the vector path.
+constexpr int kForwardInputs = 2;
+constexpr int kBackwardInputs = 3;
+
+// How a direction's threads hide memory latency for one storage type: `kItems` items per
+// thread, all of whose loads are issued before the first is used, and the blocks an SM must
+// hold at once (__launch_bounds__), which caps the registers a thread may use at
+// 65536 / (kThreads * kMinBlocksPerSm). tests/test_cuda_occupancy.py computes the bytes in
+// flight per SM that these give.
+template <typename scalar_t, int kInputs>
+struct Staging {
+  static constexpr int kItems = 2;
+  // A budget of 128 registers a thread, which every variant fits without spilling (under 80,
+  // some GELU variants spill).
+  static constexpr int kMinBlocksPerSm = 2;
+};
 
 // Calls load(u, e) then finish(u, e) for each full item u of a thread's stretch, and
 // partial(e) for the one that the run's end cuts short, if any. Each phase is one unrolled
 // loop, so that all the items' loads are issued before the first result is computed.
-template <int kWidth, typename Load, typename Finish, typename Partial>
+template <int kItems, int kWidth, typename Load, typename Finish, typename Partial>
 GLU_HD void for_each_item(const Stretch& s, const Load& load, const Finish& finish,
                           const Partial& partial) {
 #pragma unroll
@@ -390,13 +405,9 @@ GLU_HD void for_each_item(const Stretch& s, const Load& load, const Finish& fini
   }
 }
 
-// Blocks an SM must hold at once: a budget of 128 registers a thread, which every variant
-// fits without spilling (under 80, some GELU variants spill). Most use 30 to 80, so 3 to 8
-// blocks share an SM; each thread has 4 to 6 independent 16-byte loads in flight.
-constexpr int kMinBlocksPerSm = 2;
-
 template <typename Thread>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) glu_kernel(const Thread thread) {
+__global__ void __launch_bounds__(kThreads, Thread::kMinBlocksPerSm)
+    glu_kernel(const Thread thread) {
   thread(blockIdx.x, threadIdx.x);
 }
 
@@ -421,7 +432,7 @@ struct Executor {
 
 // Plans the tiling for an access path and runs the thread body that `make(tiling, Access{})`
 // returns; cudaErrorInvalidConfiguration where the grid would be too large.
-template <typename Access, typename Make>
+template <typename Access, int kItems, typename Make>
 int run_path(const Executor& exec, const PairLayout& layout, const Make& make) {
   Tiling tiling;
   if (!Tiling::plan(layout.runs, layout.run_len, Access::kWidth, kItems, tiling)) {
@@ -432,12 +443,15 @@ int run_path(const Executor& exec, const PairLayout& layout, const Make& make) {
 
 // Runs a thread body on the fastest path the layout allows: 16-byte accesses where every
 // tensor is `aligned` (interleaved pairs or separate halves), else one element at a time.
-template <typename scalar_t, typename Make>
+template <typename scalar_t, int kInputs, typename Make>
 int run_fastest_path(const Executor& exec, const PairLayout& layout, bool aligned,
                      const Make& make) {
-  if (!aligned) return run_path<ScalarAccess<scalar_t>>(exec, layout, make);
-  if (layout.elem_stride == 2) return run_path<VectorAccess<scalar_t, true>>(exec, layout, make);
-  return run_path<VectorAccess<scalar_t, false>>(exec, layout, make);
+  constexpr int kItems = Staging<scalar_t, kInputs>::kItems;
+  if (!aligned) return run_path<ScalarAccess<scalar_t>, kItems>(exec, layout, make);
+  if (layout.elem_stride == 2) {
+    return run_path<VectorAccess<scalar_t, true>, kItems>(exec, layout, make);
+  }
+  return run_path<VectorAccess<scalar_t, false>, kItems>(exec, layout, make);
 }
 
 }  // namespace cuda

@@ -8,7 +8,10 @@ namespace {
 template <Activation A, typename scalar_t, typename Access>
 struct ForwardThread {
   using E = Element<A, scalar_t>;
+  using Stage = Staging<scalar_t, kForwardInputs>;
   static constexpr int W = Access::kWidth;
+  static constexpr int kItems = Stage::kItems;
+  static constexpr int kMinBlocksPerSm = Stage::kMinBlocksPerSm;
 
   Tiling tiling;
   PairLayout in;
@@ -28,7 +31,7 @@ struct ForwardThread {
     const bool gate_first = g < v;
     using Scalar = ScalarAccess<scalar_t>;
     typename Access::PairPacks xs[kItems];
-    for_each_item<W>(
+    for_each_item<kItems, W>(
         s, [&](int u, int64_t e) { xs[u] = Access::load_pair(g, v, e, es); },
         [&](int u, int64_t e) { finish<Access>(y, e, gate_first, xs[u]); },
         [&](int64_t e) {
@@ -65,7 +68,7 @@ struct Forward {
     };
     const bool aligned = pairs_aligned16<scalar_t>(call.in, gate, value) &&
                          dense_aligned16<scalar_t>(call.in, out);
-    return run_fastest_path<scalar_t>(exec, call.in, aligned, make);
+    return run_fastest_path<scalar_t, kForwardInputs>(exec, call.in, aligned, make);
   }
 };
 
