@@ -17,6 +17,8 @@ struct BackwardThread {
   Tiling tiling;
   PairLayout in;
   PairLayout grad_in;
+  RunOffsets in_offsets;
+  RunOffsets grad_offsets;
   const scalar_t* gate;
   const scalar_t* value;
   const scalar_t* grad_out;
@@ -27,8 +29,8 @@ struct BackwardThread {
   GLU_HD void operator()(uint32_t block, uint32_t thread) const {
     Stretch s;
     if (!tiling.stretch(block, thread, W, s)) return;
-    const int64_t at = in.run_offset(s.run);
-    const int64_t grad_at = grad_in.run_offset(s.run);
+    const int64_t at = in_offsets(s.run);
+    const int64_t grad_at = grad_offsets(s.run);
     const int64_t es = in.elem_stride;
     const Outputs o{grad_gate + grad_at, grad_value + grad_at, grad_in.elem_stride,
                     grad_gate < grad_value};
@@ -89,7 +91,8 @@ struct Backward {
     const auto params = Element<A, scalar_t>::params(call.op);
     const auto make = [&](const Tiling& tiling, auto access) {
       return BackwardThread<A, scalar_t, decltype(access)>{
-          tiling, call.in, call.grad_in, gate, value, grad_out, grad_gate, grad_value, params};
+          tiling,   call.in,    call.grad_in, RunOffsets::of(call.in),
+          RunOffsets::of(call.grad_in), gate, value, grad_out, grad_gate, grad_value, params};
     };
     const bool aligned = call.in.elem_stride == call.grad_in.elem_stride &&
                          pairs_aligned16<scalar_t>(call.in, gate, value) &&
@@ -109,7 +112,7 @@ int gated_backward_cuda(const BackwardCall& call, void* stream) {
 
 void gated_backward_cuda_emulated(const BackwardCall& call) {
   const cuda::Executor exec{nullptr, true};
-  dispatch<cuda::Backward, cuda::CudaTypes>(call, exec);
+  cuda::check_emulated(dispatch<cuda::Backward, cuda::CudaTypes>(call, exec), "backward");
 }
 
 }  // namespace glu_fused

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "../glu_dispatch.h"
 #include "../glu_kernels.h"
@@ -306,6 +307,47 @@ bool dense_aligned16(const PairLayout& layout, const void* p) {
   return aligned16(p) && (layout.runs == 1 || layout.run_len % width == 0);
 }
 
+// PairLayout::run_offset without a 64-bit division in any thread (one costs a thread some
+// 70 instructions and a call). A split along the last dim (runs_per_outer == 1, the common
+// case) is one multiplication; the others divide by runs_per_outer as a multiply-high by a
+// magic number that the host computes once per launch (Granlund and Montgomery, "Division by
+// invariant integers using multiplication", 1994, theorem 4.2 with N = 63: exact for every
+// 0 <= r < 2^63).
+struct RunOffsets {
+  int64_t runs_per_outer = 1;
+  int64_t outer_stride = 0;
+  int64_t run_stride = 0;
+  uint64_t magic = 0;
+  int shift = 0;
+
+  static RunOffsets of(const PairLayout& layout) {
+    RunOffsets o{layout.runs_per_outer, layout.outer_stride, layout.run_stride};
+    if (o.runs_per_outer > 1) {
+      const auto d = static_cast<uint64_t>(o.runs_per_outer);
+      int log2_ceil = 1;
+      while ((uint64_t{1} << log2_ceil) < d) ++log2_ceil;
+      using U128 = unsigned __int128;
+      o.magic = static_cast<uint64_t>(((U128{1} << (63 + log2_ceil)) + d - 1) / d);
+      o.shift = log2_ceil - 1;
+    }
+    return o;
+  }
+
+  GLU_HD static uint64_t mul_hi(uint64_t a, uint64_t b) {
+#ifdef __CUDA_ARCH__
+    return __umul64hi(a, b);
+#else
+    return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
+#endif
+  }
+
+  GLU_HD int64_t operator()(int64_t r) const {
+    if (runs_per_outer == 1) return r * outer_stride;
+    const auto outer = static_cast<int64_t>(mul_hi(static_cast<uint64_t>(r), magic) >> shift);
+    return outer * outer_stride + (r - outer * runs_per_outer) * run_stride;
+  }
+};
+
 // The stretch of a run that one thread covers: outputs first, first + step, ... below end,
 // each the start of kWidth consecutive outputs.
 struct Stretch {
@@ -452,6 +494,17 @@ int run_fastest_path(const Executor& exec, const PairLayout& layout, bool aligne
     return run_path<VectorAccess<scalar_t, true>, kItems>(exec, layout, make);
   }
   return run_path<VectorAccess<scalar_t, false>, kItems>(exec, layout, make);
+}
+
+// The emulation returns what a launch would: a cudaError_t that the GPU's caller checks
+// (glu_ops.cpp), and that the emulated entry points, which return nothing, throw. The torch
+// binding turns the exception into a RuntimeError.
+inline void check_emulated(int error, const char* direction) {
+  if (error != cudaSuccess) {
+    throw std::runtime_error(std::string("glu_fused: emulated CUDA ") + direction +
+                             " kernel failed: " +
+                             cudaGetErrorString(static_cast<cudaError_t>(error)));
+  }
 }
 
 }  // namespace cuda

@@ -15,6 +15,7 @@ struct ForwardThread {
 
   Tiling tiling;
   PairLayout in;
+  RunOffsets in_offsets;
   const scalar_t* gate;
   const scalar_t* value;
   scalar_t* out;
@@ -23,7 +24,7 @@ struct ForwardThread {
   GLU_HD void operator()(uint32_t block, uint32_t thread) const {
     Stretch s;
     if (!tiling.stretch(block, thread, W, s)) return;
-    const int64_t at = in.run_offset(s.run);
+    const int64_t at = in_offsets(s.run);
     const int64_t es = in.elem_stride;
     const scalar_t* g = gate + at;
     const scalar_t* v = value + at;
@@ -64,7 +65,8 @@ struct Forward {
     auto* out = static_cast<scalar_t*>(call.out);
     const auto params = Element<A, scalar_t>::params(call.op);
     const auto make = [&](const Tiling& tiling, auto access) {
-      return ForwardThread<A, scalar_t, decltype(access)>{tiling, call.in, gate, value, out, params};
+      return ForwardThread<A, scalar_t, decltype(access)>{
+          tiling, call.in, RunOffsets::of(call.in), gate, value, out, params};
     };
     const bool aligned = pairs_aligned16<scalar_t>(call.in, gate, value) &&
                          dense_aligned16<scalar_t>(call.in, out);
@@ -82,7 +84,7 @@ int gated_forward_cuda(const ForwardCall& call, void* stream) {
 
 void gated_forward_cuda_emulated(const ForwardCall& call) {
   const cuda::Executor exec{nullptr, true};
-  dispatch<cuda::Forward, cuda::CudaTypes>(call, exec);
+  cuda::check_emulated(dispatch<cuda::Forward, cuda::CudaTypes>(call, exec), "forward");
 }
 
 }  // namespace glu_fused
