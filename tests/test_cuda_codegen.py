@@ -49,22 +49,30 @@ class Instance:
     activation: str
     dtype: str
     direction: str
-    path: str  # "halves", "pairs" (16-byte accesses) or "scalar"
+    # 16-byte accesses: "halves", "pairs", and the same "-phased" (misaligned layouts);
+    # else "scalar".
+    path: str
 
     @property
     def vector(self) -> bool:
         return self.path != "scalar"
 
+    @property
+    def phased(self) -> bool:
+        return self.path.endswith("-phased")
+
 
 def instance(name: str) -> Instance:
     m = re.search(
         r"(Forward|Backward)ThreadILNS_10ActivationE(\d+)E(6__half|13__nv_bfloat16|f|d)"
-        r"NS0_(12VectorAccess|12ScalarAccess)I(?:S\d+_|\w)(?:Lb([01]))?",
+        r"NS0_(12VectorAccess|12ScalarAccess)I(?:S\d+_|\w)(?:Lb([01])ELb([01]))?",
         name,
     )
     assert m, f"cannot read the kernel's template arguments from {name}"
-    direction, act, dtype, access, pairs = m.groups()
-    path = "scalar" if access == "12ScalarAccess" else ("pairs" if pairs == "1" else "halves")
+    direction, act, dtype, access, pairs, phased = m.groups()
+    path = "scalar"
+    if access == "12VectorAccess":
+        path = ("pairs" if pairs == "1" else "halves") + ("-phased" if phased == "1" else "")
     return Instance(activation_names()[int(act)], DTYPES[dtype], direction.lower(), path)
 
 
@@ -209,8 +217,11 @@ def kernels(request, tmp_path_factory) -> dict[str, Kernel]:
 
 
 def test_every_entry_point_is_compiled(kernels):
-    # Forward and backward, each: 6 activations x 4 dtypes x 3 paths (scalar, halves, pairs).
-    assert len(kernels) == 2 * 6 * 4 * 3
+    # Forward and backward, each: 6 activations x 4 dtypes x 5 paths (scalar; halves and
+    # pairs, aligned or phased).
+    assert len(kernels) == 2 * 6 * 4 * 5
+    paths = {instance(name).path for name in kernels}
+    assert paths == {"scalar", "halves", "pairs", "halves-phased", "pairs-phased"}
     for kernel in kernels.values():
         assert kernel.registers > 0 and kernel.stack_frame >= 0, kernel.name
 
@@ -225,7 +236,7 @@ def test_no_kernel_spills_or_uses_local_memory(kernels):
 
 def test_vector_paths_move_data_in_128_bit_accesses(kernels):
     vector = [k for k in kernels.values() if VECTOR_PATH in k.name]
-    assert len(vector) == 2 * len(kernels) // 3
+    assert len(vector) == 4 * len(kernels) // 5
     for kernel in vector:
         assert re.search(r"ld\.global\.nc\.v4\.(u|b)32", kernel.ptx), (
             f"{kernel.name}: no 128-bit load"
