@@ -244,3 +244,63 @@ def test_vector_paths_move_data_in_128_bit_accesses(kernels):
         assert re.search(r"st\.global(\.wb)?\.v4\.(u|b)32", kernel.ptx), (
             f"{kernel.name}: no 128-bit store"
         )
+
+
+STAGING_PROBE = r"""
+#include <cstdio>
+
+#include "cuda/glu_cuda.cuh"
+
+using namespace glu_fused::cuda;
+
+template <typename T, int kInputs>
+void print(const char* dtype, const char* direction) {
+  using S = Staging<T, kInputs>;
+  std::printf("%s %s %d %d %d %d %d\n", dtype, direction, kInputs, S::kItems, kThreads,
+              static_cast<int>(sizeof(typename VectorAccess<T, false, false>::Dense)),
+              static_cast<int>(sizeof(typename ScalarAccess<T>::Dense)));
+}
+
+template <typename T>
+void print_both(const char* dtype) {
+  print<T, kForwardInputs>(dtype, "forward");
+  print<T, kBackwardInputs>(dtype, "backward");
+}
+
+int main() {
+  print_both<__half>("float16");
+  print_both<__nv_bfloat16>("bfloat16");
+  print_both<float>("float32");
+  print_both<double>("float64");
+}
+"""
+
+
+@dataclass(frozen=True)
+class Staged:
+    """How a direction's threads stage their loads for one dtype (glu_cuda.cuh's Staging):
+    `items` items of `inputs` loads, of `vector_bytes` (a pack) or `scalar_bytes` (an
+    element), by blocks of `threads`."""
+
+    inputs: int
+    items: int
+    threads: int
+    vector_bytes: int
+    scalar_bytes: int
+
+    @property
+    def width(self) -> int:
+        """Outputs of an item on the vector paths."""
+        return self.vector_bytes // self.scalar_bytes
+
+
+def read_staging(tmp_dir) -> dict[tuple[str, str], Staged]:
+    """(dtype, direction) -> the staging constants the kernels are compiled with, as a host
+    program compiled against glu_cuda.cuh prints them."""
+    out = run_host_probe(STAGING_PROBE, str(tmp_dir))
+    table = {}
+    for line in out.splitlines():
+        dtype, direction, *numbers = line.split()
+        table[dtype, direction] = Staged(*map(int, numbers))
+    assert {dtype for dtype, _ in table} == set(DTYPES.values())
+    return table

@@ -682,13 +682,18 @@ constexpr int kBackwardInputs = 3;
 // How a direction's threads hide memory latency for one storage type: `kItems` items per
 // thread, all of whose loads are issued before the first is used, and the blocks an SM must
 // hold at once (__launch_bounds__), which caps the registers a thread may use at
-// 65536 / (kThreads * kMinBlocksPerSm). tests/test_cuda_occupancy.py computes the bytes in
-// flight per SM that these give.
+// 65536 / (kThreads * kMinBlocksPerSm).
+//
+// An H200 needs about 25 KB in flight per SM to stream at full bandwidth; this aims at more
+// than 40 KB for every variant (tests/test_cuda_occupancy.py computes the figures from the
+// compiled kernels). Forward stages 4 items of 2 loads, 128 bytes a thread; backward, 2 items
+// of 3, 96 bytes. Within 128 registers, the heaviest variants (GELU's erfc in 16-bit types)
+// still hold 2 blocks, 64 KB and 48 KB per SM; most hold 3 or 4. Two forward items
+// (64 bytes) would need 3 blocks, hence 80 registers, to reach 48 KB. Backward's GELU
+// variants use up to all 128 registers with 2 items already.
 template <typename scalar_t, int kInputs>
 struct Staging {
-  static constexpr int kItems = 2;
-  // A budget of 128 registers a thread, which every variant fits without spilling (under 80,
-  // some GELU variants spill).
+  static constexpr int kItems = kInputs == kForwardInputs ? 4 : 2;
   static constexpr int kMinBlocksPerSm = 2;
 };
 
