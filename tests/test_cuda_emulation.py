@@ -193,6 +193,21 @@ for dtype in DTYPES:
         assert torch.equal(a, b), f"gated {dtype}: the two paths differ"
     checked += 1
 
+# Elements not aligned to their size (a buffer read from an odd byte offset): the scalar path,
+# bit for bit as the aligned one.
+for dtype in DTYPES:
+    size = torch.finfo(dtype).bits // 8
+    raw = bytearray(size * ROWS * 128 + 1)
+    x = torch.frombuffer(raw, dtype=dtype, offset=1, count=ROWS * 128).view(ROWS, 128)
+    x.copy_(random_input((ROWS, 128), dtype))
+    grad = random_input((ROWS, 64), dtype, scale=1.0)
+    meta = dict(case="elements misaligned by a byte", function="swiglu", dtype=str(dtype),
+                width=128 // torch.finfo(dtype).bits, runs=ROWS, run_len=64)
+    out, dx = run("swiglu", {}, x, grad, -1, "halves", "scalar", meta)
+    out_al, dx_al = run("swiglu", {}, x.clone(), grad, -1, "halves", "aligned", meta)
+    assert torch.equal(out, out_al) and torch.equal(dx, dx_al), f"{dtype}: the paths differ"
+    checked += 1
+
 print(json.dumps({"checked": checked}))
 """
 
@@ -243,8 +258,8 @@ def misaligned_run():
 
 def test_misaligned_layouts_match_the_aligned_path_bitwise(misaligned_run):
     summary, launches = misaligned_run
-    # 4 dtypes x 10 cases x 7 functions, and gated() in 4 dtypes.
-    assert summary["checked"] == 4 * 10 * 7 + 4
+    # 4 dtypes x 10 cases x 7 functions, and gated() and element-misaligned rows in 4 dtypes.
+    assert summary["checked"] == 4 * 10 * 7 + 4 + 4
     # Each checked case: forward and backward, misaligned and aligned.
     assert len(launches) == 4 * summary["checked"]
 
@@ -254,6 +269,15 @@ def test_aligned_copies_take_the_aligned_path(misaligned_run):
     for launch in launches:
         if launch.meta["role"] == "aligned":
             assert launch.path in ("halves", "pairs"), launch.meta
+
+
+def test_elements_misaligned_to_their_size_take_the_scalar_path(misaligned_run):
+    _, launches = misaligned_run
+    scalar = [launch for launch in launches if launch.meta["role"] == "scalar"]
+    assert len(scalar) == 2 * 4
+    for launch in scalar:
+        assert launch.path == "scalar", launch.meta
+        assert launch.counts["vector_loads"] == launch.counts["vector_stores"] == 0
 
 
 def test_misaligned_layouts_take_16_byte_accesses_for_their_bulk(misaligned_run):
