@@ -103,7 +103,7 @@ def resident_blocks(registers: int, shared: int, threads_per_block: int) -> int:
 
 
 def test_resident_blocks_follow_sm90_limits():
-    """The occupancy arithmetic itself, on figures from NVIDIA's occupancy calculator."""
+    """The occupancy arithmetic itself, on cases worked out by hand from sm_90's limits."""
     assert resident_blocks(32, 0, 256) == 8  # thread-limited: 2048 threads
     assert resident_blocks(64, 0, 256) == 4
     assert resident_blocks(65, 0, 256) == 3  # 72 registers allocated

@@ -687,10 +687,11 @@ constexpr int kBackwardInputs = 3;
 // An H200 needs about 25 KB in flight per SM to stream at full bandwidth; this aims at more
 // than 40 KB for every variant (tests/test_cuda_occupancy.py computes the figures from the
 // compiled kernels). Forward stages 4 items of 2 loads, 128 bytes a thread; backward, 2 items
-// of 3, 96 bytes. Within 128 registers, the heaviest variants (GELU's erfc in 16-bit types)
-// still hold 2 blocks, 64 KB and 48 KB per SM; most hold 3 or 4. Two forward items
-// (64 bytes) would need 3 blocks, hence 80 registers, to reach 48 KB. Backward's GELU
-// variants use up to all 128 registers with 2 items already.
+// of 3, 96 bytes. Within 128 registers, every variant holds at least 2 blocks: 64 KB and
+// 48 KB per SM for the heaviest (GELU's erfc), more for lighter ones that hold 3 or 4. Two
+// forward items (64 bytes) would need 3 blocks, hence 80 registers, to reach 48 KB; the
+// 16-bit GELU forward took about 90 to 110 at 2 items. Backward's GELU variants already use
+// up to all 128 registers with 2 items.
 template <typename scalar_t, int kInputs>
 struct Staging {
   static constexpr int kItems = kInputs == kForwardInputs ? 4 : 2;
