@@ -34,6 +34,8 @@ struct PairLayout {
   __host__ __device__
 #endif
       int64_t run_offset(int64_t r) const {
+    // A split along the last dim, the common case, needs no 64-bit division.
+    if (runs_per_outer == 1) return r * outer_stride;
     return (r / runs_per_outer) * outer_stride + (r % runs_per_outer) * run_stride;
   }
 

@@ -8,6 +8,7 @@ and each 16-byte path kernel must move its data with 128-bit global loads and st
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -30,6 +31,49 @@ pytestmark = pytest.mark.skipif(
 ARCHS = ("sm_80", "sm_90")
 # The kernel templates' tag for the 16-byte path (the other is ScalarAccess).
 VECTOR_PATH = "12VectorAccess"
+DTYPES = {"6__half": "float16", "13__nv_bfloat16": "bfloat16", "f": "float32", "d": "float64"}
+
+
+def activation_names() -> dict[int, str]:
+    """glu_math.h's `enum class Activation`: value -> name."""
+    with open(os.path.join(build_config.CSRC, "glu_math.h")) as f:
+        body = re.search(r"enum class Activation : int \{(.*?)\};", f.read(), re.S)[1]
+    return {int(v): name for name, v in re.findall(r"(\w+) = (\d+)", body)}
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What a kernel's mangled name says of it: glu_kernel<{Forward,Backward}Thread<A, T,
+    {VectorAccess<T, pairs>, ScalarAccess<T>}>>."""
+
+    activation: str
+    dtype: str
+    direction: str
+    # 16-byte accesses: "halves", "pairs", and the same "-phased" (misaligned layouts);
+    # else "scalar".
+    path: str
+
+    @property
+    def vector(self) -> bool:
+        return self.path != "scalar"
+
+    @property
+    def phased(self) -> bool:
+        return self.path.endswith("-phased")
+
+
+def instance(name: str) -> Instance:
+    m = re.search(
+        r"(Forward|Backward)ThreadILNS_10ActivationE(\d+)E(6__half|13__nv_bfloat16|f|d)"
+        r"NS0_(12VectorAccess|12ScalarAccess)I(?:S\d+_|\w)(?:Lb([01])ELb([01]))?",
+        name,
+    )
+    assert m, f"cannot read the kernel's template arguments from {name}"
+    direction, act, dtype, access, pairs, phased = m.groups()
+    path = "scalar"
+    if access == "12VectorAccess":
+        path = ("pairs" if pairs == "1" else "halves") + ("-phased" if phased == "1" else "")
+    return Instance(activation_names()[int(act)], DTYPES[dtype], direction.lower(), path)
 
 
 @dataclass
@@ -39,6 +83,7 @@ class Kernel:
     stack_frame: int = -1
     spill_stores: int = -1
     spill_loads: int = -1
+    shared: int = 0  # static shared memory, bytes
     ptx: str = field(default="", repr=False)
 
 
@@ -65,6 +110,8 @@ def parse_ptxas(log: str) -> dict[str, Kernel]:
             current.stack_frame, current.spill_stores, current.spill_loads = map(int, m.groups())
         elif m := re.search(r"Used (\d+) registers", line):
             current.registers = int(m[1])
+            if m := re.search(r"(\d+) bytes smem", line):
+                current.shared = int(m[1])
     return kernels
 
 
@@ -77,14 +124,30 @@ def split_ptx(ptx: str) -> dict[str, str]:
     return bodies
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def kernels(request, tmp_path_factory) -> dict[str, Kernel]:
-    """Every kernel of every .cu file, compiled for one architecture."""
-    arch = request.param
+@dataclass
+class Build:
+    """What nvcc made of every .cu file for one architecture: each kernel's report and PTX,
+    and the cubin of each source."""
+
+    arch: str
+    kernels: dict[str, Kernel]
+    cubins: list[str]
+
+
+_BUILDS: dict[str, Build] = {}
+
+
+def compile_kernels(arch: str, tmp_path_factory) -> Build:
+    """Every kernel of every .cu file, compiled for `arch`; once per session, whichever test
+    module asks first (tests/test_cuda_*.py share it)."""
+    if arch in _BUILDS:
+        return _BUILDS[arch]
     out = tmp_path_factory.mktemp(arch)
     found: dict[str, Kernel] = {}
+    cubins = []
     for source in KERNEL_SOURCES:
         stem = os.path.splitext(os.path.basename(source))[0]
+        cubin = out / f"{stem}.cubin"
         run = subprocess.run(
             [
                 os.path.join(CUDA_HOME, "bin", "nvcc"),
@@ -97,7 +160,7 @@ def kernels(request, tmp_path_factory) -> dict[str, Kernel]:
                 *nvcc_flags(),
                 source,
                 "-o",
-                str(out / f"{stem}.cubin"),
+                str(cubin),
             ],
             capture_output=True,
             text=True,
@@ -109,12 +172,56 @@ def kernels(request, tmp_path_factory) -> dict[str, Kernel]:
         for name, kernel in report.items():
             kernel.ptx = ptx[name]
         found.update(report)
-    return found
+        cubins.append(str(cubin))
+    _BUILDS[arch] = Build(arch, found, cubins)
+    return _BUILDS[arch]
+
+
+def cuda_tool(name: str) -> str | None:
+    """A CUDA binary tool (cuobjdump, nvdisasm): the toolkit's, else the copy that Triton
+    bundles (found without importing triton); None where neither has it."""
+    candidates = [os.path.join(CUDA_HOME, "bin")] if CUDA_HOME else []
+    spec = importlib.util.find_spec("triton")
+    if spec is not None and spec.submodule_search_locations:
+        triton_dir = list(spec.submodule_search_locations)[0]
+        candidates.append(os.path.join(triton_dir, "backends", "nvidia", "bin"))
+    for directory in candidates:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def run_host_probe(source: str, tmp_dir) -> str:
+    """Compiles `source` (a host program that may include the kernels' headers) with nvcc as
+    the extension is compiled, runs it, and returns what it printed."""
+    path = os.path.join(tmp_dir, "probe.cu")
+    exe = os.path.join(tmp_dir, "probe")
+    with open(path, "w") as f:
+        f.write(source)
+    build = subprocess.run(
+        [os.path.join(CUDA_HOME, "bin", "nvcc"), "-arch=sm_90", *nvcc_flags(), path, "-o", exe],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, f"nvcc failed on the probe:\n{build.stderr[-4000:]}"
+    run = subprocess.run([exe], capture_output=True, text=True)
+    assert run.returncode == 0, f"the probe failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}"
+    return run.stdout
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def kernels(request, tmp_path_factory) -> dict[str, Kernel]:
+    """Every kernel of every .cu file, compiled for one architecture."""
+    return compile_kernels(request.param, tmp_path_factory).kernels
 
 
 def test_every_entry_point_is_compiled(kernels):
-    # Forward and backward, each: 6 activations x 4 dtypes x 3 paths (scalar, halves, pairs).
-    assert len(kernels) == 2 * 6 * 4 * 3
+    # Forward and backward, each: 6 activations x 4 dtypes x 5 paths (scalar; halves and
+    # pairs, aligned or phased).
+    assert len(kernels) == 2 * 6 * 4 * 5
+    paths = {instance(name).path for name in kernels}
+    assert paths == {"scalar", "halves", "pairs", "halves-phased", "pairs-phased"}
     for kernel in kernels.values():
         assert kernel.registers > 0 and kernel.stack_frame >= 0, kernel.name
 
@@ -129,7 +236,7 @@ def test_no_kernel_spills_or_uses_local_memory(kernels):
 
 def test_vector_paths_move_data_in_128_bit_accesses(kernels):
     vector = [k for k in kernels.values() if VECTOR_PATH in k.name]
-    assert len(vector) == 2 * len(kernels) // 3
+    assert len(vector) == 4 * len(kernels) // 5
     for kernel in vector:
         assert re.search(r"ld\.global\.nc\.v4\.(u|b)32", kernel.ptx), (
             f"{kernel.name}: no 128-bit load"
@@ -137,3 +244,63 @@ def test_vector_paths_move_data_in_128_bit_accesses(kernels):
         assert re.search(r"st\.global(\.wb)?\.v4\.(u|b)32", kernel.ptx), (
             f"{kernel.name}: no 128-bit store"
         )
+
+
+STAGING_PROBE = r"""
+#include <cstdio>
+
+#include "cuda/glu_cuda.cuh"
+
+using namespace glu_fused::cuda;
+
+template <typename T, int kInputs>
+void print(const char* dtype, const char* direction) {
+  using S = Staging<T, kInputs>;
+  std::printf("%s %s %d %d %d %d %d\n", dtype, direction, kInputs, S::kItems, kThreads,
+              static_cast<int>(sizeof(typename VectorAccess<T, false, false>::Dense)),
+              static_cast<int>(sizeof(typename ScalarAccess<T>::Dense)));
+}
+
+template <typename T>
+void print_both(const char* dtype) {
+  print<T, kForwardInputs>(dtype, "forward");
+  print<T, kBackwardInputs>(dtype, "backward");
+}
+
+int main() {
+  print_both<__half>("float16");
+  print_both<__nv_bfloat16>("bfloat16");
+  print_both<float>("float32");
+  print_both<double>("float64");
+}
+"""
+
+
+@dataclass(frozen=True)
+class Staged:
+    """How a direction's threads stage their loads for one dtype (glu_cuda.cuh's Staging):
+    `items` items of `inputs` loads, of `vector_bytes` (a pack) or `scalar_bytes` (an
+    element), by blocks of `threads`."""
+
+    inputs: int
+    items: int
+    threads: int
+    vector_bytes: int
+    scalar_bytes: int
+
+    @property
+    def width(self) -> int:
+        """Outputs of an item on the vector paths."""
+        return self.vector_bytes // self.scalar_bytes
+
+
+def read_staging(tmp_dir) -> dict[tuple[str, str], Staged]:
+    """(dtype, direction) -> the staging constants the kernels are compiled with, as a host
+    program compiled against glu_cuda.cuh prints them."""
+    out = run_host_probe(STAGING_PROBE, str(tmp_dir))
+    table = {}
+    for line in out.splitlines():
+        dtype, direction, *numbers = line.split()
+        table[dtype, direction] = Staged(*map(int, numbers))
+    assert {dtype for dtype, _ in table} == set(DTYPES.values())
+    return table

@@ -9,11 +9,17 @@ namespace {
 template <Activation A, typename scalar_t, typename Access>
 struct BackwardThread {
   using E = Element<A, scalar_t>;
+  using Stage = Staging<scalar_t, kBackwardInputs>;
   static constexpr int W = Access::kWidth;
+  static constexpr int kItems = Stage::kItems;
+  static constexpr int kMinBlocksPerSm = Stage::kMinBlocksPerSm;
+  static constexpr const char* kDirection = "backward";
 
   Tiling tiling;
   PairLayout in;
   PairLayout grad_in;
+  RunOffsets in_offsets;
+  RunOffsets grad_offsets;
   const scalar_t* gate;
   const scalar_t* value;
   const scalar_t* grad_out;
@@ -21,48 +27,59 @@ struct BackwardThread {
   scalar_t* grad_value;
   typename E::Params params;
 
+  // Where a run's input gradients go, and their phases at its items.
+  struct Outputs {
+    scalar_t* grad_gate;
+    scalar_t* grad_value;
+    int64_t es;
+    bool gate_first;
+    PairPhase phase;
+  };
+
   GLU_HD void operator()(uint32_t block, uint32_t thread) const {
     Stretch s;
-    if (!tiling.stretch(block, thread, W, s)) return;
-    const int64_t at = in.run_offset(s.run);
-    const int64_t grad_at = grad_in.run_offset(s.run);
+    if (!tiling.locate(block, thread, s)) return;
+    const int64_t at = in_offsets(s.run);
+    const int64_t grad_at = grad_offsets(s.run);
     const int64_t es = in.elem_stride;
-    const Outputs o{grad_gate + grad_at, grad_value + grad_at, grad_in.elem_stride,
-                    grad_gate < grad_value};
+    Outputs o{
+        grad_gate + grad_at, grad_value + grad_at, grad_in.elem_stride, grad_gate < grad_value, {}};
     const scalar_t* g = gate + at;
     const scalar_t* v = value + at;
     const scalar_t* dy = grad_out + s.run * in.run_len;
     const bool gate_first = g < v;
+    // The gradients' items start on 16-byte boundaries where they can; the inputs' are
+    // where they fall.
+    const int head = Access::head_for_pairs(o.grad_gate, o.grad_value);
+    tiling.place(W, head, s);
+    o.phase = Access::pair_phase(o.grad_gate, o.grad_value, head);
+    const PairPhase phase = Access::pair_phase(g, v, head);
+    const int dy_phase = Access::dense_phase(dy, head);
     using Scalar = ScalarAccess<scalar_t>;
-    typename Access::PairPacks xs[kItems];
-    typename Access::Dense dys[kItems];
-    for_each_item<W>(
+    typename Access::StagedPairs xs[kItems];
+    typename Access::StagedDense dys[kItems];
+    for_each_item<kItems, W>(
         s,
         [&](int u, int64_t e) {
-          xs[u] = Access::load_pair(g, v, e, es);
-          dys[u] = Access::load_dense(dy, e);
+          xs[u] = Access::load_pair(g, v, e, es, phase);
+          dys[u] = Access::load_dense(dy, e, dy_phase);
         },
-        [&](int u, int64_t e) { finish<Access>(o, e, gate_first, xs[u], dys[u]); },
-        [&](int64_t e) {
-          for (int64_t k = e; k < s.end; ++k) {
+        [&](int u, int64_t e) {
+          finish<Access>(o, e, gate_first, Access::ready(xs[u], phase),
+                         Access::ready(dys[u], dy_phase));
+        },
+        [&](int64_t begin, int64_t end) {
+          for (int64_t k = begin; k < end; ++k) {
             finish<Scalar>(o, k, gate_first, Scalar::load_pair(g, v, k, es),
                            Scalar::load_dense(dy, k));
           }
         });
   }
 
-  // Where a run's input gradients go.
-  struct Outputs {
-    scalar_t* grad_gate;
-    scalar_t* grad_value;
-    int64_t es;
-    bool gate_first;
-  };
-
-  // The input gradients of one item from its staged inputs and upstream gradient.
+  // The input gradients of one item from its inputs and upstream gradient.
   template <typename Acc>
-  GLU_HD void finish(const Outputs& o, int64_t e, bool gate_first,
-                     const typename Acc::PairPacks& x, const typename Acc::Dense& dy) const {
+  GLU_HD void finish(const Outputs& o, int64_t e, bool gate_first, const typename Acc::PairPacks& x,
+                     const typename Acc::Dense& dy) const {
     typename Acc::PairPacks grads;
 #pragma unroll
     for (int j = 0; j < Acc::kWidth; ++j) {
@@ -71,7 +88,7 @@ struct BackwardThread {
       E::backward(gj, vj, dy.get(j), params, dgj, dvj);
       Acc::pack(grads, j, o.gate_first, dgj, dvj);
     }
-    Acc::store_pair(o.grad_gate, o.grad_value, e, o.es, grads);
+    Acc::store_pair(o.grad_gate, o.grad_value, e, o.es, grads, o.phase);
   }
 };
 
@@ -85,14 +102,26 @@ struct Backward {
     auto* grad_value = static_cast<scalar_t*>(call.grad_value);
     const auto params = Element<A, scalar_t>::params(call.op);
     const auto make = [&](const Tiling& tiling, auto access) {
-      return BackwardThread<A, scalar_t, decltype(access)>{
-          tiling, call.in, call.grad_in, gate, value, grad_out, grad_gate, grad_value, params};
+      return BackwardThread<A, scalar_t, decltype(access)>{tiling,
+                                                           call.in,
+                                                           call.grad_in,
+                                                           RunOffsets::of(call.in),
+                                                           RunOffsets::of(call.grad_in),
+                                                           gate,
+                                                           value,
+                                                           grad_out,
+                                                           grad_gate,
+                                                           grad_value,
+                                                           params};
     };
-    const bool aligned = call.in.elem_stride == call.grad_in.elem_stride &&
-                         pairs_aligned16<scalar_t>(call.in, gate, value) &&
+    const bool vectorizable = call.in.elem_stride == call.grad_in.elem_stride &&
+                              pairs_vectorizable(call.in, gate, value) &&
+                              pairs_vectorizable(call.grad_in, grad_gate, grad_value) &&
+                              element_aligned<scalar_t>(grad_out);
+    const bool aligned = pairs_aligned16<scalar_t>(call.in, gate, value) &&
                          pairs_aligned16<scalar_t>(call.grad_in, grad_gate, grad_value) &&
                          dense_aligned16<scalar_t>(call.in, grad_out);
-    return run_fastest_path<scalar_t>(exec, call.in, aligned, make);
+    return run_fastest_path<scalar_t, kBackwardInputs>(exec, call.in, vectorizable, aligned, make);
   }
 };
 
@@ -106,7 +135,7 @@ int gated_backward_cuda(const BackwardCall& call, void* stream) {
 
 void gated_backward_cuda_emulated(const BackwardCall& call) {
   const cuda::Executor exec{nullptr, true};
-  dispatch<cuda::Backward, cuda::CudaTypes>(call, exec);
+  cuda::check_emulated(dispatch<cuda::Backward, cuda::CudaTypes>(call, exec), "backward");
 }
 
 }  // namespace glu_fused

@@ -8,10 +8,15 @@ namespace {
 template <Activation A, typename scalar_t, typename Access>
 struct ForwardThread {
   using E = Element<A, scalar_t>;
+  using Stage = Staging<scalar_t, kForwardInputs>;
   static constexpr int W = Access::kWidth;
+  static constexpr int kItems = Stage::kItems;
+  static constexpr int kMinBlocksPerSm = Stage::kMinBlocksPerSm;
+  static constexpr const char* kDirection = "forward";
 
   Tiling tiling;
   PairLayout in;
+  RunOffsets in_offsets;
   const scalar_t* gate;
   const scalar_t* value;
   scalar_t* out;
@@ -19,26 +24,30 @@ struct ForwardThread {
 
   GLU_HD void operator()(uint32_t block, uint32_t thread) const {
     Stretch s;
-    if (!tiling.stretch(block, thread, W, s)) return;
-    const int64_t at = in.run_offset(s.run);
+    if (!tiling.locate(block, thread, s)) return;
+    const int64_t at = in_offsets(s.run);
     const int64_t es = in.elem_stride;
     const scalar_t* g = gate + at;
     const scalar_t* v = value + at;
     scalar_t* y = out + s.run * in.run_len;
     const bool gate_first = g < v;
+    // The outputs' items start on 16-byte boundaries; the inputs' are where they fall.
+    const int head = Access::head_for_dense(y);
+    tiling.place(W, head, s);
+    const PairPhase phase = Access::pair_phase(g, v, head);
     using Scalar = ScalarAccess<scalar_t>;
-    typename Access::PairPacks xs[kItems];
-    for_each_item<W>(
-        s, [&](int u, int64_t e) { xs[u] = Access::load_pair(g, v, e, es); },
-        [&](int u, int64_t e) { finish<Access>(y, e, gate_first, xs[u]); },
-        [&](int64_t e) {
-          for (int64_t k = e; k < s.end; ++k) {
+    typename Access::StagedPairs xs[kItems];
+    for_each_item<kItems, W>(
+        s, [&](int u, int64_t e) { xs[u] = Access::load_pair(g, v, e, es, phase); },
+        [&](int u, int64_t e) { finish<Access>(y, e, gate_first, Access::ready(xs[u], phase)); },
+        [&](int64_t begin, int64_t end) {
+          for (int64_t k = begin; k < end; ++k) {
             finish<Scalar>(y, k, gate_first, Scalar::load_pair(g, v, k, es));
           }
         });
   }
 
-  // The outputs of one item from its staged inputs.
+  // The outputs of one item from its inputs.
   template <typename Acc>
   GLU_HD void finish(scalar_t* y, int64_t e, bool gate_first,
                      const typename Acc::PairPacks& x) const {
@@ -61,11 +70,14 @@ struct Forward {
     auto* out = static_cast<scalar_t*>(call.out);
     const auto params = Element<A, scalar_t>::params(call.op);
     const auto make = [&](const Tiling& tiling, auto access) {
-      return ForwardThread<A, scalar_t, decltype(access)>{tiling, call.in, gate, value, out, params};
+      return ForwardThread<A, scalar_t, decltype(access)>{
+          tiling, call.in, RunOffsets::of(call.in), gate, value, out, params};
     };
-    const bool aligned = pairs_aligned16<scalar_t>(call.in, gate, value) &&
-                         dense_aligned16<scalar_t>(call.in, out);
-    return run_fastest_path<scalar_t>(exec, call.in, aligned, make);
+    const bool vectorizable =
+        pairs_vectorizable(call.in, gate, value) && element_aligned<scalar_t>(out);
+    const bool aligned =
+        pairs_aligned16<scalar_t>(call.in, gate, value) && dense_aligned16<scalar_t>(call.in, out);
+    return run_fastest_path<scalar_t, kForwardInputs>(exec, call.in, vectorizable, aligned, make);
   }
 };
 
@@ -79,7 +91,7 @@ int gated_forward_cuda(const ForwardCall& call, void* stream) {
 
 void gated_forward_cuda_emulated(const ForwardCall& call) {
   const cuda::Executor exec{nullptr, true};
-  dispatch<cuda::Forward, cuda::CudaTypes>(call, exec);
+  cuda::check_emulated(dispatch<cuda::Forward, cuda::CudaTypes>(call, exec), "forward");
 }
 
 }  // namespace glu_fused

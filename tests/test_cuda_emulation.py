@@ -1,0 +1,331 @@
+"""The CUDA kernels' emulation on the host ($GLU_FUSED_EMULATE_CUDA), beyond what the shared
+suites run through it: the errors a launch returns, and which accesses the kernels make."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+from test_cuda_codegen import (
+    pytestmark,  # noqa: F401  (skips this module where nvcc is absent)
+    run_host_probe,
+)
+
+from glu_fused import _C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A launch the GPU would refuse: 2^45 runs need more than 2^31 - 1 blocks. The emulated entry
+# points, which return nothing, must throw what the launch returns; nothing is read, as the
+# plan fails before any thread runs.
+ERROR_PROBE = r"""
+#include <cstdio>
+#include <stdexcept>
+
+#include "cuda/glu_backward.cu"
+#include "cuda/glu_forward.cu"
+
+using namespace glu_fused;
+
+template <typename Call, typename Run>
+void attempt(const char* what, const Call& call, Run run) {
+  try {
+    run(call);
+    std::printf("%s: returned\n", what);
+  } catch (const std::runtime_error& e) {
+    std::printf("%s: threw %s\n", what, e.what());
+  }
+}
+
+int main() {
+  PairLayout huge;
+  huge.runs = int64_t{1} << 45;
+  huge.run_len = 1;
+  huge.outer_stride = 2;
+  const ActivationCall op{ScalarKind::Float, Activation::Silu, 0.0, 0.0};
+  ForwardCall forward{op, huge, nullptr, nullptr, nullptr};
+  BackwardCall backward{op, huge, nullptr, nullptr, nullptr, huge, nullptr, nullptr};
+  attempt("forward", forward, gated_forward_cuda_emulated);
+  attempt("backward", backward, gated_backward_cuda_emulated);
+  // A launch that fits returns: an empty set of runs has nothing to read either.
+  forward.in.runs = 0;
+  attempt("empty forward", forward, gated_forward_cuda_emulated);
+}
+"""
+
+
+def test_emulated_launch_errors_throw(tmp_path):
+    out = run_host_probe(ERROR_PROBE, str(tmp_path))
+    for direction in ("forward", "backward"):
+        m = re.search(rf"^{direction}: threw (.*)$", out, re.M)
+        assert m, f"the emulated {direction} launch did not throw:\n{out}"
+        assert "invalid configuration" in m[1], m[1]
+    assert "empty forward: returned" in out, out
+
+
+# Misaligned layouts on the phased paths: every case is run twice in a subprocess with
+# $GLU_FUSED_EMULATE_CUDA, as it is, and with the same values at aligned places in padded
+# tensors (which take the aligned 16-byte path). The results must agree bit for bit and match
+# the reference; each emulated launch reports its accesses ($GLU_FUSED_EMULATE_CUDA_TRACE),
+# after a marker line that says what it computes.
+SCRIPT = r"""
+import json
+import sys
+
+import torch
+
+sys.path.insert(0, sys.argv[1])
+from conftest import FUNCTION_IDS, FUNCTIONS, fused, random_input, ref  # noqa: E402
+
+import glu_fused  # noqa: E402
+from glu_fused.testing import assert_matches  # noqa: E402
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ROWS = 5
+
+
+def mark(**what):
+    sys.stderr.write("### " + json.dumps(what) + "\n")
+    sys.stderr.flush()
+
+
+def run(fn, kwargs, x, grad, dim, layout, role, meta):
+    x = x.detach().requires_grad_()
+    mark(direction="forward", role=role, **meta)
+    out = fused(fn)(x, dim, layout=layout, **kwargs)
+    mark(direction="backward", role=role, **meta)
+    (dx,) = torch.autograd.grad(out, x, grad)
+    mark(direction="done")
+    return out.detach(), dx
+
+
+def last_dim_case(dtype, layout, hidden, make):
+    # (x, grad, aligned x, aligned grad, [(x's part, aligned x's part)], the output's part).
+    x = make(hidden)
+    padded = -(-hidden // 8) * 8 + 8
+    x_al = random_input((ROWS, 2 * padded), dtype)
+    if layout == "halves":
+        x_al[:, :hidden] = x[:, :hidden]
+        x_al[:, padded : padded + hidden] = x[:, hidden:]
+        parts = [(slice(0, hidden), slice(0, hidden)),
+                 (slice(hidden, 2 * hidden), slice(padded, padded + hidden))]
+    else:
+        x_al[:, : 2 * hidden] = x
+        parts = [(slice(0, 2 * hidden), slice(0, 2 * hidden))]
+    return x, x_al, parts, -1, ROWS, hidden
+
+
+def cases(dtype):
+    wide = lambda extra: (lambda h: random_input((ROWS, 2 * h + extra), dtype))  # noqa: E731
+    for layout in ("halves", "interleaved"):
+        yield f"odd hidden size, {layout}", layout, last_dim_case(
+            dtype, layout, 301, lambda h: random_input((ROWS, 2 * h), dtype))
+        yield f"sliced at 3, {layout}", layout, last_dim_case(
+            dtype, layout, 96, lambda h: wide(7)(h)[:, 3 : 3 + 2 * h])
+        yield f"sliced at 1, {layout}", layout, last_dim_case(
+            dtype, layout, 96, lambda h: wide(7)(h)[:, 1 : 1 + 2 * h])
+        yield f"row stride 2h+5, {layout}", layout, last_dim_case(
+            dtype, layout, 96, lambda h: wide(5)(h)[:, : 2 * h])
+        # dim 0, runs along a contiguous inner block of odd length: runs_per_outer > 1.
+        x = random_input((6, 37), dtype)
+        x_al = random_input((6, 48), dtype)
+        x_al[:, :37] = x
+        yield f"dim 0, inner 37, {layout}", layout, (
+            x, x_al, [(slice(0, 37), slice(0, 37))], 0, 3, 37)
+
+
+checked = 0
+for dtype in DTYPES:
+    width = 128 // torch.finfo(dtype).bits
+    for name, layout, (x, x_al, parts, dim, runs, run_len) in cases(dtype):
+        for (fn, kwargs), fid in zip(FUNCTIONS, FUNCTION_IDS):
+            meta = dict(case=name, function=fid, dtype=str(dtype), width=width, runs=runs,
+                        run_len=run_len)
+            out_shape = list(x.shape)
+            out_shape[dim] //= 2
+            grad = random_input(out_shape, dtype, scale=1.0)
+            grad_al_shape = list(x_al.shape)
+            grad_al_shape[dim] //= 2
+            grad_al = random_input(grad_al_shape, dtype, scale=1.0)
+            if dim == 0:
+                grad_al[:, : x.shape[1]] = grad
+                out_part = (slice(None), slice(0, x.shape[1]))
+            else:
+                grad_al[:, : grad.shape[1]] = grad
+                out_part = (slice(None), slice(0, grad.shape[1]))
+            out, dx = run(fn, kwargs, x, grad, dim, layout, "misaligned", meta)
+            out_al, dx_al = run(fn, kwargs, x_al, grad_al, dim, layout, "aligned", meta)
+            what = f"{fid} {dtype} {name}"
+            assert torch.equal(out, out_al[out_part]), f"{what}: forward differs"
+            for part, part_al in parts:
+                assert torch.equal(dx[:, part], dx_al[:, part_al]), f"{what}: backward differs"
+            x64 = x.detach().double().requires_grad_()
+            want = ref(fn)(x64, dim, layout=layout, **kwargs)
+            (want_dx,) = torch.autograd.grad(want, x64, grad.double())
+            assert_matches(out, want, dtype, what)
+            assert_matches(dx, want_dx, dtype, what)
+            checked += 1
+
+# gated(gate, value) on rows sliced one element in.
+for dtype in DTYPES:
+    width = 128 // torch.finfo(dtype).bits
+    g = random_input((ROWS, 131), dtype)[:, 1:]
+    v = random_input((ROWS, 131), dtype)[:, 1:]
+    grad = random_input((ROWS, 130), dtype, scale=1.0)
+    meta = dict(case="gated, sliced at 1", function="gated-silu", dtype=str(dtype),
+                width=width, runs=ROWS, run_len=130)
+    results = {}
+    for role, (gg, vv) in (("misaligned", (g, v)),
+                           ("aligned", (g.contiguous(), v.contiguous()))):
+        gg = gg.detach().requires_grad_()
+        vv = vv.detach().requires_grad_()
+        mark(direction="forward", role=role, **meta)
+        out = glu_fused.gated(gg, vv, "silu")
+        mark(direction="backward", role=role, **meta)
+        results[role] = (out.detach(), *torch.autograd.grad(out, (gg, vv), grad))
+        mark(direction="done")
+    for a, b in zip(results["misaligned"], results["aligned"]):
+        assert torch.equal(a, b), f"gated {dtype}: the two paths differ"
+    checked += 1
+
+# Elements not aligned to their size (a buffer read from an odd byte offset): the scalar path,
+# bit for bit as the aligned one.
+for dtype in DTYPES:
+    size = torch.finfo(dtype).bits // 8
+    raw = bytearray(size * ROWS * 128 + 1)
+    x = torch.frombuffer(raw, dtype=dtype, offset=1, count=ROWS * 128).view(ROWS, 128)
+    x.copy_(random_input((ROWS, 128), dtype))
+    grad = random_input((ROWS, 64), dtype, scale=1.0)
+    meta = dict(case="elements misaligned by a byte", function="swiglu", dtype=str(dtype),
+                width=128 // torch.finfo(dtype).bits, runs=ROWS, run_len=64)
+    out, dx = run("swiglu", {}, x, grad, -1, "halves", "scalar", meta)
+    out_al, dx_al = run("swiglu", {}, x.clone(), grad, -1, "halves", "aligned", meta)
+    assert torch.equal(out, out_al) and torch.equal(dx, dx_al), f"{dtype}: the paths differ"
+    checked += 1
+
+print(json.dumps({"checked": checked}))
+"""
+
+
+@dataclass
+class Launch:
+    meta: dict
+    path: str
+    counts: dict[str, int]
+
+
+def parse_trace(stderr: str) -> list[Launch]:
+    """The emulated launches, each with the marker that preceded it."""
+    launches = []
+    meta = None
+    for line in stderr.splitlines():
+        if line.startswith("### "):
+            meta = json.loads(line[4:])
+        elif m := re.match(r"glu_fused emulated (\w+): path=(\S+) (.*)$", line):
+            assert meta and meta["direction"] == m[1], f"a launch without its marker: {line}"
+            counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[3])}
+            launches.append(Launch(meta, m[2], counts))
+    return launches
+
+
+@pytest.fixture(scope="module")
+def misaligned_run():
+    if not _C.WITH_CUDA:
+        pytest.skip("the extension was built without the CUDA kernels: nothing to emulate")
+    env = {
+        **os.environ,
+        "GLU_FUSED_EMULATE_CUDA": "1",
+        "GLU_FUSED_EMULATE_CUDA_TRACE": "1",
+        "GLU_FUSED_POISON_OUTPUTS": "1",
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT, os.path.join(ROOT, "tests")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    return json.loads(run.stdout.splitlines()[-1]), parse_trace(run.stderr)
+
+
+def test_misaligned_layouts_match_the_aligned_path_bitwise(misaligned_run):
+    summary, launches = misaligned_run
+    # 4 dtypes x 10 cases x 7 functions, and gated() and element-misaligned rows in 4 dtypes.
+    assert summary["checked"] == 4 * 10 * 7 + 4 + 4
+    # Each checked case: forward and backward, misaligned and aligned.
+    assert len(launches) == 4 * summary["checked"]
+
+
+def test_aligned_copies_take_the_aligned_path(misaligned_run):
+    _, launches = misaligned_run
+    for launch in launches:
+        if launch.meta["role"] == "aligned":
+            assert launch.path in ("halves", "pairs"), launch.meta
+
+
+def test_elements_misaligned_to_their_size_take_the_scalar_path(misaligned_run):
+    _, launches = misaligned_run
+    scalar = [launch for launch in launches if launch.meta["role"] == "scalar"]
+    assert len(scalar) == 2 * 4
+    for launch in scalar:
+        assert launch.path == "scalar", launch.meta
+        assert launch.counts["vector_loads"] == launch.counts["vector_stores"] == 0
+
+
+def test_misaligned_layouts_take_16_byte_accesses_for_their_bulk(misaligned_run):
+    """Outside each run's head and ragged end (fewer than `width` outputs each), every item
+    of every misaligned layout loads its inputs and stores its outputs 16 bytes at a time.
+
+    Each output of a run's head or end reads its inputs one element at a time (2 forward, 3
+    backward), so the scalar loads count those outputs; the others make up whole items of
+    `width` outputs. Each item loads each input by one or two 16-byte loads (two where the
+    input is out of phase with the items); forward stores each item's outputs by one 16-byte
+    store; backward stores the gate gradients (or the interleaved pairs) of each item by
+    16-byte stores, and the value gradients of separate halves by one 16-byte store or
+    `width` scalar ones, as their phase allows."""
+    _, launches = misaligned_run
+    rows = []
+    for launch in launches:
+        meta = launch.meta
+        if meta["role"] != "misaligned":
+            continue
+        assert launch.path.endswith("-phased"), (launch.path, meta)
+        n = launch.counts
+        width = meta["width"]
+        outputs = meta["runs"] * meta["run_len"]
+        inputs = 2 if meta["direction"] == "forward" else 3
+        assert n["scalar_loads"] % inputs == 0, meta
+        edge = n["scalar_loads"] // inputs
+        assert edge <= meta["runs"] * 2 * (width - 1), (n, meta)
+        assert (outputs - edge) % width == 0, (n, meta)
+        items = (outputs - edge) // width
+        assert inputs * items <= n["vector_loads"] <= 2 * inputs * items, (n, meta)
+        if meta["direction"] == "forward":
+            assert n["vector_stores"] == items, (n, meta)
+            assert n["scalar_stores"] == edge, (n, meta)
+        else:
+            stored = n["vector_stores"] * width + n["scalar_stores"]
+            assert stored == 2 * outputs, (n, meta)
+            assert n["vector_stores"] >= items, (n, meta)
+        if meta["function"] == "swiglu":
+            rows.append((meta, launch.path, n, edge))
+    # Without a GPU, the figures of a run of the suite are the report of this change.
+    print("\nmisaligned layouts, swiglu: 16-byte and element accesses of each emulated launch")
+    print(
+        f"{'case':<28} {'dtype':<15} {'direction':<9} {'path':<14} {'outputs':>7} "
+        f"{'ld16':>6} {'st16':>6} {'ld1':>6} {'st1':>6}"
+    )
+    for meta, path, n, _ in rows:
+        print(
+            f"{meta['case']:<28} {meta['dtype']:<15} {meta['direction']:<9} {path:<14} "
+            f"{meta['runs'] * meta['run_len']:>7} {n['vector_loads']:>6} {n['vector_stores']:>6} "
+            f"{n['scalar_loads']:>6} {n['scalar_stores']:>6}"
+        )
