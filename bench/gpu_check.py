@@ -287,7 +287,9 @@ def make_plan(tiny: bool, out: Path | None) -> Plan:
     if out is None:
         out = REPO / "bench" / "results" / slug if slug else Path(tempfile.mkdtemp(prefix="gpu-"))
     results = out
-    env = {"PYTHONUNBUFFERED": "1"}
+    # The build is in place, not installed: every stage imports glu_fused from the checkout.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     plan = Plan(tiny, "cpu" if tiny else "cuda", results.resolve(), env)
     plan.stages = [
         environment_stage(plan),

@@ -48,9 +48,6 @@ void launch(const Tensor& like, const ForwardCall& call) {
 }
 
 void launch(const Tensor& like, const BackwardCall& call) {
-  // TEMPORARY: the CUDA kernels do not write `out` yet.
-  TORCH_CHECK(call.out == nullptr || (like.is_cpu() && !emulates_cuda()),
-              "glu_fused: the in-place backward has no CUDA kernel yet");
 #ifdef GLU_FUSED_WITH_CUDA
   if (like.is_cuda()) return launch_cuda(like, call, gated_backward_cuda);
   if (like.is_cpu() && kEmulateCuda) return gated_backward_cuda_emulated(call);
@@ -88,7 +85,7 @@ std::tuple<Tensor, Tensor> gated_backward(const Tensor& grad_out, const Tensor& 
 
 void gated_backward_in_place(const Tensor& grad_out, const Tensor& gate, const Tensor& value,
                              std::string_view activation) {
-  run(plan_gated_backward_inplace(grad_out, gate, value, activation), gate);
+  run(plan_gated_backward_in_place(grad_out, gate, value, activation), gate);
 }
 
 // Meta: the same checks, results of the right (possibly symbolic) shape, nothing run.

@@ -374,7 +374,7 @@ const char* kNotInPlace =
 
 }  // namespace
 
-BackwardPlan plan_gated_backward_inplace(const Tensor& grad_out, const Tensor& gate,
+BackwardPlan plan_gated_backward_in_place(const Tensor& grad_out, const Tensor& gate,
                                          const Tensor& value, std::string_view activation) {
   BackwardPlan plan;
   plan.op = check_gated(gate, value, activation);

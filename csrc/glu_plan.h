@@ -89,7 +89,7 @@ BackwardPlan plan_gated_backward(const at::Tensor& grad_out, const at::Tensor& g
 // value. The tensors must be read in place (no copy), distinct and without internal overlap:
 // rows of a last dim of stride 1, or gate and value interleaved in one buffer (the halves or
 // the even and odd positions of a packed projection).
-BackwardPlan plan_gated_backward_inplace(const at::Tensor& grad_out, const at::Tensor& gate,
+BackwardPlan plan_gated_backward_in_place(const at::Tensor& grad_out, const at::Tensor& gate,
                                          const at::Tensor& value, std::string_view activation);
 
 }  // namespace glu_fused

@@ -171,7 +171,9 @@ py::dict launch_of(const ActivationCall& op, const PairLayout& in, const Operand
   launch["run_len"] = in.run_len;
   launch["runs_per_outer"] = in.runs_per_outer;
   launch["pairs"] = in.elem_stride == 2;
-  launch["gate_first"] = gate.offset < value.offset;
+  // Where they alternate, gate and value are views of one storage (or one tensor's halves).
+  launch["gate_first"] =
+      gate.tensor.storage_offset() + gate.offset < value.tensor.storage_offset() + value.offset;
   return launch;
 }
 
@@ -190,6 +192,14 @@ py::object backward_launch(const BackwardPlan& plan) {
                                       pointer(plan.grad_gate), pointer(plan.grad_value));
   launch["strides"] = py::make_tuple(plan.in.outer_stride, plan.in.run_stride,
                                      plan.grad_in.outer_stride, plan.grad_in.run_stride);
+  return std::move(launch);
+}
+
+py::object backward_in_place_launch(const BackwardPlan& plan) {
+  if (plan.empty()) return py::none();
+  py::dict launch = launch_of(plan.op, plan.in, plan.gate, plan.value);
+  launch["pointers"] = py::make_tuple(pointer(plan.gate), pointer(plan.value), plan.grad_out);
+  launch["strides"] = py::make_tuple(plan.in.outer_stride, plan.in.run_stride);
   return std::move(launch);
 }
 
@@ -227,6 +237,15 @@ void define_plans(py::module_& m) {
                               backward_launch(plan));
       },
       "((grad_gate, grad_value), launch or None) of gated_backward's arguments, checked.");
+  m.def(
+      "plan_gated_backward_in_place",
+      [](const Tensor& grad_out, const Tensor& gate, const Tensor& value,
+         std::string_view activation) {
+        return backward_in_place_launch(
+            plan_gated_backward_in_place(grad_out, gate, value, activation));
+      },
+      "The launch (or None) of gated_backward_in_place's arguments, checked: pointers to "
+      "gate, value and grad_out, each written over.");
 }
 
 // ---- the table and the build ---------------------------------------------------------------

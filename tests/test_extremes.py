@@ -18,7 +18,7 @@ from conftest import (
 )
 
 import glu_fused
-from glu_fused import reference
+from glu_fused import _ops, reference
 
 BACKENDS = backend_params(("cpu", "cuda", "triton"))
 LOW_PRECISION = [torch.float16, torch.bfloat16, torch.float32]
@@ -111,3 +111,20 @@ def test_gated_extremes(backend, activation):
     with glu_fused.use_backend(backend):
         out = glu_fused.gated(g, v, activation)
     assert_matches(out, reference.gated(g.double(), v.double(), activation), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_in_place_backward_on_extremes_is_the_out_of_place_ops(backend, activation, dtype):
+    """The lean MLP's in-place backward writes, bit for bit (NaNs where they are), what the
+    same backend's forward and backward ops return, on every pair of special values."""
+    g, v = _all_pairs(dtype, device_of(backend), with_nonfinite=True)
+    dy = torch.randn(g.shape, dtype=torch.float64).mul_(3).to(dtype).to(g.device)
+    ops = _ops.GATED[glu_fused.backends.BACKENDS[backend].family]
+    want_y = ops.forward(g, v, activation)
+    want_dg, want_dv = ops.backward(dy, g, v, activation)
+    y, dg, dv = dy.clone(), g.clone(), v.clone()
+    ops.backward_in_place(y, dg, dv, activation)
+    for got, want in ((y, want_y), (dg, want_dg), (dv, want_dv)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)

@@ -215,25 +215,38 @@ def test_hooked_or_autocast_modules_take_their_own_path():
 # ---- the in-place backward op --------------------------------------------------------------
 
 
-def _buffers(shape_kind, dtype, device):
+def _placed(shape, dtype, device, offset):
+    """A contiguous random tensor starting `offset` elements into a buffer of its own."""
+    numel = shape[0] * shape[1]
+    return random_input((numel + offset,), dtype, device)[offset:].view(shape)
+
+
+# (hidden size, elements each buffer starts off its allocation): aligned rows, and rows of
+# an odd length starting off 16-byte boundaries (the CUDA kernels' phased and scalar paths).
+PLACEMENTS = {"aligned": (HIDDEN, 0), "odd, offset": (HIDDEN + 3, 1)}
+
+
+def _buffers(shape_kind, dtype, device, placement="aligned"):
     """(dh, gate, up) in one of the layouts the lean block hands the op."""
-    dh = random_input((TOKENS, HIDDEN), dtype, device)
+    hidden, offset = PLACEMENTS[placement]
+    dh = _placed((TOKENS, hidden), dtype, device, offset)
     if shape_kind == "two projections":
         return (
             dh,
-            random_input((TOKENS, HIDDEN), dtype, device),
-            random_input((TOKENS, HIDDEN), dtype, device),
+            _placed((TOKENS, hidden), dtype, device, offset + 1),
+            _placed((TOKENS, hidden), dtype, device, offset + 2),
         )
-    gate_up = random_input((TOKENS, 2 * HIDDEN), dtype, device)
+    gate_up = _placed((TOKENS, 2 * hidden), dtype, device, offset)
     return (dh, *reference.split(gate_up, 1, shape_kind == "interleaved"))
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("kind", ["two projections", "halves", "interleaved"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("backend", backend_params())
-def test_in_place_op_matches_the_reference(backend, activation, dtype, kind):
-    dh, gate, up = _buffers(kind, dtype, device_of(backend))
+def test_in_place_op_matches_the_reference(backend, activation, dtype, kind, placement):
+    dh, gate, up = _buffers(kind, dtype, device_of(backend), placement)
     g64, u64 = (t.detach().double().requires_grad_() for t in (gate, up))
     h64 = reference.gated(g64, u64, activation)
     d_gate64, d_up64 = torch.autograd.grad(h64, (g64, u64), dh.double())

@@ -117,9 +117,10 @@ class Spec(NamedTuple):
 
 
 def _spec(direction, act, dtype, layout, nested, tile, align) -> Spec:
-    """A Spec, with the compile options launch.options gives it."""
-    maxnreg = launch.options(launch.Config(*tile), _itemsize(dtype), align).get("maxnreg")
-    return Spec(direction, act, dtype, *layout, nested, *tile, align, maxnreg)
+    """A Spec, with the warps and compile options the launcher gives it."""
+    config = launch.kernel_tile(direction, launch.Config(*tile), _itemsize(dtype))
+    maxnreg = launch.options(config, _itemsize(dtype), align).get("maxnreg")
+    return Spec(direction, act, dtype, *layout, nested, *_tile(config), align, maxnreg)
 
 
 def _with_align(spec: Spec, align: int) -> Spec:
@@ -394,6 +395,9 @@ def _binder_plans() -> list[tuple[str, dict, torch.Tensor]]:
         grad = torch.zeros(*x.shape[:-1], x.shape[-1] // 2, dtype=x.dtype)
         _, plan = _C.plan_glu_backward(grad, x, -1, "glu", "halves", 0.0, 0.0)
         plans.append(("backward", plan, x))
+        if x.stride(-1) == 1:  # the in-place form reads the halves where they are
+            plan = _C.plan_gated_backward_in_place(grad.clone(), *x.chunk(2, -1), "silu")
+            plans.append(("backward_in_place", plan, x))
     huge = dict(plans[0][1], runs=2**31 + 16, outer_stride=2**33)
     plans.append(("forward", huge, plans[0][2]))
     return plans

@@ -25,15 +25,19 @@ struct BackwardThread {
   const scalar_t* grad_out;
   scalar_t* grad_gate;
   scalar_t* grad_value;
+  scalar_t* out;  // the in-place form's act(gate) * value, dense like grad_out; or null
   typename E::Params params;
 
-  // Where a run's input gradients go, and their phases at its items.
+  // Where a run's input gradients (and, in the in-place form, outputs) go, and their phases
+  // at its items.
   struct Outputs {
     scalar_t* grad_gate;
     scalar_t* grad_value;
     int64_t es;
     bool gate_first;
     PairPhase phase;
+    scalar_t* y;
+    int y_phase;
   };
 
   GLU_HD void operator()(uint32_t block, uint32_t thread) const {
@@ -42,8 +46,13 @@ struct BackwardThread {
     const int64_t at = in_offsets(s.run);
     const int64_t grad_at = grad_offsets(s.run);
     const int64_t es = in.elem_stride;
-    Outputs o{
-        grad_gate + grad_at, grad_value + grad_at, grad_in.elem_stride, grad_gate < grad_value, {}};
+    Outputs o{grad_gate + grad_at,
+              grad_value + grad_at,
+              grad_in.elem_stride,
+              grad_gate < grad_value,
+              {},
+              out == nullptr ? nullptr : out + s.run * in.run_len,
+              0};
     const scalar_t* g = gate + at;
     const scalar_t* v = value + at;
     const scalar_t* dy = grad_out + s.run * in.run_len;
@@ -55,6 +64,7 @@ struct BackwardThread {
     o.phase = Access::pair_phase(o.grad_gate, o.grad_value, head);
     const PairPhase phase = Access::pair_phase(g, v, head);
     const int dy_phase = Access::dense_phase(dy, head);
+    if (o.y != nullptr) o.y_phase = Access::dense_phase(o.y, head);
     using Scalar = ScalarAccess<scalar_t>;
     typename Access::StagedPairs xs[kItems];
     typename Access::StagedDense dys[kItems];
@@ -89,6 +99,21 @@ struct BackwardThread {
       Acc::pack(grads, j, o.gate_first, dgj, dvj);
     }
     Acc::store_pair(o.grad_gate, o.grad_value, e, o.es, grads, o.phase);
+    // Stored last: in the in-place form y is grad_out, read above.
+    if (o.y != nullptr) store_outputs<Acc>(o, e, gate_first, x);
+  }
+
+  template <typename Acc>
+  GLU_HD void store_outputs(const Outputs& o, int64_t e, bool gate_first,
+                            const typename Acc::PairPacks& x) const {
+    typename Acc::Dense y;
+#pragma unroll
+    for (int j = 0; j < Acc::kWidth; ++j) {
+      scalar_t gj, vj;
+      Acc::unpack(x, j, gate_first, gj, vj);
+      y.set(j, E::forward(gj, vj, params));
+    }
+    Acc::store_dense_in_phase(o.y, e, y, o.y_phase);
   }
 };
 
@@ -100,6 +125,7 @@ struct Backward {
     const auto* grad_out = static_cast<const scalar_t*>(call.grad_out);
     auto* grad_gate = static_cast<scalar_t*>(call.grad_gate);
     auto* grad_value = static_cast<scalar_t*>(call.grad_value);
+    auto* out = static_cast<scalar_t*>(call.out);
     const auto params = Element<A, scalar_t>::params(call.op);
     const auto make = [&](const Tiling& tiling, auto access) {
       return BackwardThread<A, scalar_t, decltype(access)>{tiling,
@@ -112,15 +138,18 @@ struct Backward {
                                                            grad_out,
                                                            grad_gate,
                                                            grad_value,
+                                                           out,
                                                            params};
     };
     const bool vectorizable = call.in.elem_stride == call.grad_in.elem_stride &&
                               pairs_vectorizable(call.in, gate, value) &&
                               pairs_vectorizable(call.grad_in, grad_gate, grad_value) &&
-                              element_aligned<scalar_t>(grad_out);
+                              element_aligned<scalar_t>(grad_out) &&
+                              (out == nullptr || element_aligned<scalar_t>(out));
     const bool aligned = pairs_aligned16<scalar_t>(call.in, gate, value) &&
                          pairs_aligned16<scalar_t>(call.grad_in, grad_gate, grad_value) &&
-                         dense_aligned16<scalar_t>(call.in, grad_out);
+                         dense_aligned16<scalar_t>(call.in, grad_out) &&
+                         (out == nullptr || dense_aligned16<scalar_t>(call.in, out));
     return run_fastest_path<scalar_t, kBackwardInputs>(exec, call.in, vectorizable, aligned, make);
   }
 };

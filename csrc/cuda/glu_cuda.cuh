@@ -469,6 +469,15 @@ struct VectorAccess {
 
   // Dense outputs are stored in phase: their run's head aligns them.
   GLU_HD static void store_dense(scalar_t* p, int64_t e, const Dense& d) { store_pack(p + e, d); }
+
+  // A dense output whose run's head aligned another tensor: out of phase, element by element.
+  GLU_HD static void store_dense_in_phase(scalar_t* p, int64_t e, const Dense& d, int phase) {
+    if constexpr (!kPhased) {
+      store_pack(p + e, d);
+    } else {
+      store_packs<1>(p + e, phase, &d);
+    }
+  }
 };
 
 // ScalarAccess: one element at a time, any alignment and any elem_stride. The path of
@@ -524,6 +533,9 @@ struct ScalarAccess {
     return {load_one(p + e)};
   }
   GLU_HD static void store_dense(scalar_t* p, int64_t e, const Dense& d) { store_one(p + e, d.x); }
+  GLU_HD static void store_dense_in_phase(scalar_t* p, int64_t e, const Dense& d, int) {
+    store_one(p + e, d.x);
+  }
 };
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

@@ -1,4 +1,4 @@
-"""The Triton kernels, forward and backward.
+"""The Triton kernels: forward, backward, and the lean MLP's in-place backward.
 
 One program computes a tile of BLOCK_R runs by BLOCK_E outputs of a PairLayout
 (csrc/glu_layout.h; launch.py chooses the tile): it loads the tile's gates and values (for
@@ -220,6 +220,77 @@ def forward_kernel(
     tl.store(out_at, out.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
+@triton.jit
+def _backward_tile(
+    g_ptr,
+    v_ptr,
+    dy_ptr,
+    dg_ptr,
+    dv_ptr,
+    runs,
+    run_len,
+    runs_per_outer,
+    outer_stride,
+    run_stride,
+    grad_outer_stride,
+    grad_run_stride,
+    alpha,
+    limit,
+    ACT: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    PAIRS: tl.constexpr,
+    GATE_FIRST: tl.constexpr,
+    NESTED: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    WIDE: tl.constexpr,
+    ALIGN: tl.constexpr,
+    STORE_Y: tl.constexpr,
+):
+    """One tile of the backward: the input gradients, and (STORE_Y, the in-place form)
+    act(gate) * value over dy. Every store follows the loads it depends on, so the gradients
+    may be stored over the inputs."""
+    group, start, run_len = _tile_origin(run_len, BLOCK_E, WIDE)
+    rows = group * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < runs
+    outer, inner = _run_places(group * BLOCK_R, runs_per_outer, BLOCK_R, NESTED)
+    offsets = _run_offsets(outer, inner, outer_stride, run_stride)
+    g, v = _load_pairs(
+        g_ptr, v_ptr, offsets, row_mask, start, run_len, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E, ALIGN
+    )
+    dy_at, dy_mask = _dense_tile(dy_ptr, rows, row_mask, start, run_len, BLOCK_E, ALIGN)
+    dy = tl.load(dy_at, mask=dy_mask, other=0.0)
+    gc = g.to(COMPUTE)
+    vc = v.to(COMPUTE)
+    a = _param(alpha, COMPUTE)
+    lim = _param(limit, COMPUTE)
+    out_type = dg_ptr.dtype.element_ty
+    if STORE_Y:
+        y, dg, dv = m.gated_forward_backward(gc, vc, dy.to(COMPUTE), a, lim, ACT)
+        tl.store(dy_at, y.to(out_type), mask=dy_mask)
+    else:
+        dg, dv = m.gated_backward(gc, vc, dy.to(COMPUTE), a, lim, ACT)
+    if STORE_Y:  # the gradients go where the inputs came from: their addresses, reused
+        grad_offsets = offsets
+    else:
+        grad_offsets = _run_offsets(outer, inner, grad_outer_stride, grad_run_stride)
+    _store_pairs(
+        dg_ptr,
+        dv_ptr,
+        grad_offsets,
+        row_mask,
+        start,
+        run_len,
+        dg.to(out_type),
+        dv.to(out_type),
+        PAIRS,
+        GATE_FIRST,
+        BLOCK_R,
+        BLOCK_E,
+        ALIGN,
+    )
+
+
 @triton.jit(
     do_not_specialize=_INTEGERS + _GRAD_STRIDES,
     do_not_specialize_on_alignment=("g_ptr", "v_ptr", "dy_ptr", "dg_ptr", "dv_ptr"),
@@ -249,38 +320,84 @@ def backward_kernel(
     WIDE: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
-    group, start, run_len = _tile_origin(run_len, BLOCK_E, WIDE)
-    rows = group * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = rows < runs
-    outer, inner = _run_places(group * BLOCK_R, runs_per_outer, BLOCK_R, NESTED)
-    offsets = _run_offsets(outer, inner, outer_stride, run_stride)
-    g, v = _load_pairs(
-        g_ptr, v_ptr, offsets, row_mask, start, run_len, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E, ALIGN
-    )
-    dy_at, dy_mask = _dense_tile(dy_ptr, rows, row_mask, start, run_len, BLOCK_E, ALIGN)
-    dy = tl.load(dy_at, mask=dy_mask, other=0.0)
-    dg, dv = m.gated_backward(
-        g.to(COMPUTE),
-        v.to(COMPUTE),
-        dy.to(COMPUTE),
-        _param(alpha, COMPUTE),
-        _param(limit, COMPUTE),
-        ACT,
-    )
-    grad_offsets = _run_offsets(outer, inner, grad_outer_stride, grad_run_stride)
-    out_type = dg_ptr.dtype.element_ty
-    _store_pairs(
+    _backward_tile(
+        g_ptr,
+        v_ptr,
+        dy_ptr,
         dg_ptr,
         dv_ptr,
-        grad_offsets,
-        row_mask,
-        start,
+        runs,
         run_len,
-        dg.to(out_type),
-        dv.to(out_type),
+        runs_per_outer,
+        outer_stride,
+        run_stride,
+        grad_outer_stride,
+        grad_run_stride,
+        alpha,
+        limit,
+        ACT,
+        COMPUTE,
         PAIRS,
         GATE_FIRST,
+        NESTED,
         BLOCK_R,
         BLOCK_E,
+        WIDE,
         ALIGN,
+        False,
+    )
+
+
+@triton.jit(
+    do_not_specialize=_INTEGERS,
+    do_not_specialize_on_alignment=("g_ptr", "v_ptr", "dy_ptr"),
+)
+def backward_in_place_kernel(
+    g_ptr,
+    v_ptr,
+    dy_ptr,
+    runs: tl.int64,
+    run_len: tl.int64,
+    runs_per_outer: tl.int64,
+    outer_stride: tl.int64,
+    run_stride: tl.int64,
+    alpha: tl.float64,
+    limit: tl.float64,
+    ACT: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    PAIRS: tl.constexpr,
+    GATE_FIRST: tl.constexpr,
+    NESTED: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    WIDE: tl.constexpr,
+    ALIGN: tl.constexpr,
+):
+    """The lean MLP's backward (gated_backward_in_place): the gate and value gradients over
+    the gates and values, act(gate) * value over dy."""
+    _backward_tile(
+        g_ptr,
+        v_ptr,
+        dy_ptr,
+        g_ptr,
+        v_ptr,
+        runs,
+        run_len,
+        runs_per_outer,
+        outer_stride,
+        run_stride,
+        outer_stride,
+        run_stride,
+        alpha,
+        limit,
+        ACT,
+        COMPUTE,
+        PAIRS,
+        GATE_FIRST,
+        NESTED,
+        BLOCK_R,
+        BLOCK_E,
+        WIDE,
+        ALIGN,
+        True,
     )

@@ -26,7 +26,7 @@ options() the compile options that go with them.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -47,7 +47,11 @@ VECTOR_BYTES = 16
 WIDE_FROM = 2**31
 MAXNREG = 255
 
-KERNELS = {"forward": kernels.forward_kernel, "backward": kernels.backward_kernel}
+KERNELS = {
+    "forward": kernels.forward_kernel,
+    "backward": kernels.backward_kernel,
+    "backward_in_place": kernels.backward_in_place_kernel,
+}
 # (PAIRS, GATE_FIRST) of a launch: halves have a pointer each, so GATE_FIRST is always False
 # for them; interleaved pairs start with the gate or with the value.
 PAIR_LAYOUTS = ((False, False), (True, True), (True, False))
@@ -96,6 +100,15 @@ def options(tile: Config, itemsize: int, align: int, cuda: bool = True) -> dict:
     if cuda and (itemsize > 4 or align == 1):
         return {"num_warps": tile.num_warps, "maxnreg": MAXNREG}
     return {"num_warps": tile.num_warps}
+
+
+def kernel_tile(kernel: str, tile: Config, itemsize: int) -> Config:
+    """The tile as `kernel` launches it. float64's in-place backward holds three results an
+    output (act(gate) * value and both gradients): in 8 warps its GeLU needs a stack frame
+    past 255 registers, so it takes 16, half the outputs a thread."""
+    if kernel == "backward_in_place" and itemsize > 4:
+        return replace(tile, num_warps=2 * WARPS)
+    return tile
 
 
 def alignments(itemsize: int) -> tuple[int, ...]:
@@ -201,6 +214,7 @@ def launch(kernel: str, plan: dict, like: torch.Tensor) -> None:
     current stream."""
     tile, constexprs, strides = specialization(plan, like)
     check_promises(tile, constexprs, plan, strides, like.element_size())
+    tile = kernel_tile(kernel, tile, like.element_size())
     grid = (_tiles(tile, plan["runs"], plan["run_len"]),)
     guard = torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext()
     with guard:

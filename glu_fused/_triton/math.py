@@ -269,3 +269,22 @@ def gated_backward(g, v, dy, alpha, limit, ACT: tl.constexpr):
         dgc = (dy * (vc + 1.0)) * (s + alpha * (gc * (s * oms)))
         dg = tl.where(g < limit, dgc, 0.0)
     return dg, dv
+
+
+@triton.jit
+def gated_forward_backward(g, v, dy, alpha, limit, ACT: tl.constexpr):
+    """(act(g) * v, d/dg, d/dv): the in-place backward's three results. GeLU shares its CDF
+    between them, which keeps float64 GeLU within 255 registers; the expressions are
+    gated_forward's and gated_backward's, so the results are theirs bit for bit
+    (tests/test_extremes.py holds them equal)."""
+    if ACT == GELU:
+        c = gelu_cdf(g)
+        a = g * c
+        pdf = exp(-0.5 * g * g) * INV_SQRT_2PI
+        y = a * v
+        dv = dy * a
+        dg = (dy * v) * (c + g * pdf)
+    else:
+        y = gated_forward(g, v, alpha, limit, ACT)
+        dg, dv = gated_backward(g, v, dy, alpha, limit, ACT)
+    return y, dg, dv

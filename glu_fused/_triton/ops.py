@@ -43,7 +43,12 @@ def gated_backward(grad_out, gate, value, activation):
     return grads
 
 
+def gated_backward_in_place(grad_out, gate, value, activation):
+    plan = _C.plan_gated_backward_in_place(grad_out, gate, value, activation)
+    _launch("backward_in_place", plan, gate)
+
+
 _lib = torch.library.Library("glu_fused", "IMPL")
-for _op in (glu_forward, glu_backward, gated_forward, gated_backward):
+for _op in (glu_forward, glu_backward, gated_forward, gated_backward, gated_backward_in_place):
     for _key in ("CUDA", "CPU") if INTERPRETER else ("CUDA",):
         _lib.impl(f"triton_{_op.__name__}", _op, _key)
