@@ -200,7 +200,7 @@ def wheel_stage(plan: Plan) -> Stage:
         plan.env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(site), plan.env.get("PYTHONPATH")])
         )
-    return Stage("wheels", commands, 60, last_line)
+    return Stage("wheels", commands, 30, last_line)
 
 
 def build_stage(plan: Plan) -> Stage:
@@ -225,7 +225,7 @@ def test_stage(plan: Plan) -> Stage:
             command += ["-n", str(min(16, os.cpu_count() or 1))]
         if _has_module("pytest_timeout"):
             command += ["--timeout", "120"]
-    return Stage("tests", [command], 60 if plan.tiny else 140, junit_summary(xml))
+    return Stage("tests", [command], 60 if plan.tiny else 120, junit_summary(xml))
 
 
 def sanitizer_stage(plan: Plan) -> Stage:
@@ -244,7 +244,7 @@ def sanitizer_stage(plan: Plan) -> Stage:
         [sanitizer, "--tool", tool, "--error-exitcode", "99", "--print-limit", "20", *driver]
         for tool in ("memcheck", "racecheck")
     ]
-    return Stage("sanitizer", commands, 75, sanitizer_summary)
+    return Stage("sanitizer", commands, 60, sanitizer_summary)
 
 
 def bench_stage(plan: Plan) -> Stage:
@@ -255,7 +255,7 @@ def bench_stage(plan: Plan) -> Stage:
     else:
         # One size per function and dtype: each adds a torch.compile of the peer.
         command += ["--dtypes", "bfloat16", "float32", "--sizes", "8192x4096"]
-    return Stage("bench", [command], 60 if plan.tiny else 150, bench_summary(plan.results))
+    return Stage("bench", [command], 60 if plan.tiny else 120, bench_summary(plan.results))
 
 
 def overhead_stage(plan: Plan) -> Stage:
@@ -271,7 +271,7 @@ def environment_stage(plan: Plan) -> Stage:
     smi = find_tool("nvidia-smi")
     if smi is not None:
         commands.insert(0, [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv"])
-    return Stage("environment", commands, 30, last_line)
+    return Stage("environment", commands, 20, last_line)
 
 
 def _has_module(name: str) -> bool:

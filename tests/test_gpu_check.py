@@ -5,6 +5,7 @@ adds the build stage.)"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,18 @@ def gpu_plan(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu_check, "find_tool", lambda name: f"/usr/local/cuda/bin/{name}")
     monkeypatch.setattr(gpu_check, "_has_module", lambda name: True)
     return {s.name: s for s in gpu_check.make_plan(False, tmp_path).stages}
+
+
+def test_gpu_plan_fits_the_device_call(gpu_plan):
+    """Every stage at its time limit still ends within 8 minutes: the device tool's call
+    (README: timeout_s=540) then never cuts the run short."""
+    assert sum(stage.limit_s for stage in gpu_plan.values()) <= 8 * 60
+
+
+def test_every_stage_imports_the_checkout(tmp_path):
+    """The build is in place, not installed: the stages find glu_fused on PYTHONPATH."""
+    plan = gpu_check.make_plan(True, tmp_path)
+    assert str(gpu_check.REPO) in plan.env["PYTHONPATH"].split(os.pathsep)
 
 
 def _python_args(command: list[str], script: str) -> list[str]:
