@@ -140,6 +140,17 @@ def peak_memory_bytes(step: Callable[[], object], device: torch.device) -> int |
 
 
 def _cpu_peak_bytes(step: Callable[[], object]) -> int | None:
+    timeline, _ = cpu_memory_timeline(step)
+    return max(0, max(total for _, total in timeline) - timeline[0][1]) if timeline else 0
+
+
+def cpu_memory_timeline(
+    step: Callable[[], object], mark: str | None = None
+) -> tuple[list[tuple[float, int]], float | None]:
+    """(time in us, bytes allocated) at the start of `step` and after each allocation or free
+    in it, from the profiler's memory events (which track only what was allocated while it
+    ran, so `step` should free nothing allocated before it); and the time at which `step`
+    entered torch.profiler.record_function(mark), if it did."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -148,12 +159,12 @@ def _cpu_peak_bytes(step: Callable[[], object]) -> int | None:
         trace = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text())["traceEvents"]
+    marked = min((e["ts"] for e in events if mark and e.get("name") == mark), default=None)
     memory = sorted(
         (e for e in events if e.get("name") == "[memory]" and "Total Allocated" in e["args"]),
         key=lambda e: e["ts"],
     )
     if not memory:
-        return 0
-    totals = [e["args"]["Total Allocated"] for e in memory]
-    before = totals[0] - memory[0]["args"]["Bytes"]
-    return max(0, max(totals) - before)
+        return [], marked
+    start = (memory[0]["ts"], memory[0]["args"]["Total Allocated"] - memory[0]["args"]["Bytes"])
+    return [start, *((e["ts"], e["args"]["Total Allocated"]) for e in memory)], marked

@@ -149,15 +149,19 @@ class LeanGatedMLP(torch.autograd.Function):
             d_projections = torch.autograd.grad(
                 h, projections, dy.matmul(w_down), create_graph=True
             )
-            return _grads(ctx, dy, x, weights, biases, h, d_projections)
+            return _grads(ctx, dy, x, weights, biases, [h], d_projections)
         spent = block.recompute or getattr(ctx, "spent", False)  # overwritten by a backward
         projections = _project(x, weights, biases, block) if spent else list(rest[2 * n :])
         gate, up, _ = _gate_and_up(projections, block)
         h = dy.matmul(w_down)  # dh, until the in-place pass writes h over it
         ctx.spent = True
         _in_place(h, gate, up, block.activation)
-        # The projections now hold their own gradients.
-        return _grads(ctx, dy, x, weights, biases, h, projections)
+        del gate, up
+        # The projections now hold their own gradients; h goes to _grads alone, which frees it
+        # once the down projection's weight gradient is taken, before the larger ones.
+        held = [h]
+        del h
+        return _grads(ctx, dy, x, weights, biases, held, projections)
 
 
 def _in_place(dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str) -> None:
@@ -173,15 +177,18 @@ def _in_place(dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation
         backend.gated_backward_in_place(dh, gate, up, activation)
 
 
-def _grads(ctx, dy, x, weights, biases, h, d_projections) -> tuple[torch.Tensor | None, ...]:
-    """Step 3: every gradient autograd asks for, from h and the projections' gradients."""
+def _grads(ctx, dy, x, weights, biases, held, d_projections) -> tuple[torch.Tensor | None, ...]:
+    """Step 3: every gradient autograd asks for, from h (the one tensor in `held`, emptied
+    once used) and the projections' gradients."""
     need = ctx.needs_input_grad  # (block, x, w_down, b_down, *weights, *biases)
     n = len(weights)
     dy2, x2 = _flat(dy), _flat(x)
     d_proj = [_flat(d) for d in d_projections]
     grads: list[torch.Tensor | None] = [None] * len(need)
+    h = held.pop()
     if need[2]:
         grads[2] = dy2.t().matmul(_flat(h))
+    del h
     if need[3]:
         grads[3] = dy2.sum(0)
     for i in range(n):
