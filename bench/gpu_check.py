@@ -209,7 +209,7 @@ def build_stage(plan: Plan) -> Stage:
     env = {"GLU_FUSED_CUDA": "1", "MAX_JOBS": str(os.cpu_count() or 4)}
     env["TORCH_CUDA_ARCH_LIST"] = "9.0" if plan.tiny else gpu_arch()
     command = [PYTHON, "setup.py", "build_ext", "--inplace"]
-    return Stage("build", [command], 420 if plan.tiny else 100, last_line, env)
+    return Stage("build", [command], 600 if plan.tiny else 100, last_line, env)
 
 
 def test_stage(plan: Plan) -> Stage:
