@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import glu_fused
+
 EXAMPLE = Path(__file__).parents[1] / "examples" / "train_tiny_lm.py"
 # A model small enough to train a few steps in seconds.
 TINY = "--steps 5 --batch 2 --seq-len 32 --width 32 --heads 2 --layers 1 --hidden 48".split()
@@ -19,6 +21,9 @@ def _run(*extra: str) -> subprocess.CompletedProcess:
     # One thread: the example is timed, and a second OpenMP thread on a busy 2-core machine
     # spins rather than helps.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The glu_fused under test, installed or built in place (make test-oldest builds in place).
+    package_root = str(Path(glu_fused.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, str(EXAMPLE), *TINY, *extra],
         capture_output=True,

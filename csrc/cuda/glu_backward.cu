@@ -106,14 +106,7 @@ struct BackwardThread {
   template <typename Acc>
   GLU_HD void store_outputs(const Outputs& o, int64_t e, bool gate_first,
                             const typename Acc::PairPacks& x) const {
-    typename Acc::Dense y;
-#pragma unroll
-    for (int j = 0; j < Acc::kWidth; ++j) {
-      scalar_t gj, vj;
-      Acc::unpack(x, j, gate_first, gj, vj);
-      y.set(j, E::forward(gj, vj, params));
-    }
-    Acc::store_dense_in_phase(o.y, e, y, o.y_phase);
+    Acc::store_dense_in_phase(o.y, e, forward_outputs<E, Acc>(x, gate_first, params), o.y_phase);
   }
 };
 

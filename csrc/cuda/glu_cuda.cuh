@@ -76,6 +76,7 @@ struct Num<double> {
 // the kernels, so the vector and the scalar paths agree bit for bit.
 template <Activation A, typename scalar_t>
 struct Element {
+  using Scalar = scalar_t;
   using N = Num<scalar_t>;
   using C = typename N::Compute;
   using Params = ActParams<C>;
@@ -537,6 +538,21 @@ struct ScalarAccess {
     store_one(p + e, d.x);
   }
 };
+
+// act(gate) * value of an item's elements: the forward's outputs, and the in-place
+// backward's (so both store bitwise the same results).
+template <typename E, typename Acc>
+GLU_HD typename Acc::Dense forward_outputs(const typename Acc::PairPacks& x, bool gate_first,
+                                           const typename E::Params& params) {
+  typename Acc::Dense result;
+#pragma unroll
+  for (int j = 0; j < Acc::kWidth; ++j) {
+    typename E::Scalar gj, vj;
+    Acc::unpack(x, j, gate_first, gj, vj);
+    result.set(j, E::forward(gj, vj, params));
+  }
+  return result;
+}
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 

@@ -51,14 +51,7 @@ struct ForwardThread {
   template <typename Acc>
   GLU_HD void finish(scalar_t* y, int64_t e, bool gate_first,
                      const typename Acc::PairPacks& x) const {
-    typename Acc::Dense result;
-#pragma unroll
-    for (int j = 0; j < Acc::kWidth; ++j) {
-      scalar_t gj, vj;
-      Acc::unpack(x, j, gate_first, gj, vj);
-      result.set(j, E::forward(gj, vj, params));
-    }
-    Acc::store_dense(y, e, result);
+    Acc::store_dense(y, e, forward_outputs<E, Acc>(x, gate_first, params));
   }
 };
 
