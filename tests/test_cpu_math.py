@@ -1,5 +1,6 @@
 """The CPU kernels' own float32 math, over the whole float range: GeGLU's CDF from one erfc of
-|g| / sqrt 2 (a rational function and one exp, csrc/cpu/vec_math.h), held to float64 where
+|g| / sqrt 2 (a polynomial and one exp below |g| = 4, a rational function and one exp beyond:
+csrc/cpu/vec_math.h; the grid covers both and their seam), held to float64 where
 the result's relative accuracy shows, its tail multiplied by a huge value."""
 
 from __future__ import annotations

@@ -232,7 +232,7 @@ struct ForwardKernel {
       const scalar_t* g = gate + at;
       const scalar_t* v = value + at;
       scalar_t* y_out = out + run * in.run_len + first;
-      auto block = [&](auto full, int64_t done, int64_t n) {
+      auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
         constexpr bool kFull = decltype(full)::value;
         const int64_t shift = done * in.elem_stride;
         const auto x = PairLanes<scalar_t>::template load<kFull>(g + shift, v + shift, n, pairs);
@@ -264,7 +264,7 @@ struct BackwardKernel {
       const int64_t at = in.run_offset(run) + first * in.elem_stride;
       const int64_t grad_at = gin.run_offset(run) + first * in.elem_stride;
       const int64_t dense_at = run * in.run_len + first;
-      auto block = [&](auto full, int64_t done, int64_t n) {
+      auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
         constexpr bool kFull = decltype(full)::value;
         const int64_t shift = done * in.elem_stride;
         const auto x = PairLanes<scalar_t>::template load<kFull>(gate + at + shift,
