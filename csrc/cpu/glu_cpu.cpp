@@ -121,23 +121,23 @@ struct PairLanes {
     }
   }
 
-  // elem_stride 1: two separate stretches. elem_stride 2: one stretch of interleaved pairs,
+  // kPairs false: two separate stretches. kPairs true: one stretch of interleaved pairs,
   // split with deinterleave2; `gate_first` says whether gates sit at the even positions.
-  template <bool kFull>
-  GLU_HD static PairLanes load(const scalar_t* g, const scalar_t* v, int64_t count, bool pairs) {
+  template <bool kFull, bool kPairs>
+  GLU_HD static PairLanes load(const scalar_t* g, const scalar_t* v, int64_t count) {
     PairLanes out;
-    if (!pairs) {
+    if constexpr (!kPairs) {
       out.gate = load_lanes<kFull>(g, count);
       out.value = load_lanes<kFull>(v, count);
-      return out;
+    } else {
+      const bool gate_first = g < v;
+      const scalar_t* base = gate_first ? g : v;
+      const L lo = load_lanes<kFull>(base, 2 * count);
+      const L hi = load_lanes<kFull>(base + L::kWidth, 2 * count - L::kWidth);
+      L& first = gate_first ? out.gate : out.value;
+      L& second = gate_first ? out.value : out.gate;
+      deinterleave(lo, hi, first, second);
     }
-    const bool gate_first = g < v;
-    const scalar_t* base = gate_first ? g : v;
-    const L lo = load_lanes<kFull>(base, 2 * count);
-    const L hi = load_lanes<kFull>(base + L::kWidth, 2 * count - L::kWidth);
-    L& first = gate_first ? out.gate : out.value;
-    L& second = gate_first ? out.value : out.gate;
-    deinterleave(lo, hi, first, second);
     return out;
   }
 
@@ -154,28 +154,28 @@ struct PairLanes {
   }
 
   // The inverse of load(): stores gate and value lanes back to their places.
-  template <bool kFull>
-  GLU_HD void store(scalar_t* g, scalar_t* v, int64_t count, bool pairs) const {
-    if (!pairs) {
+  template <bool kFull, bool kPairs>
+  GLU_HD void store(scalar_t* g, scalar_t* v, int64_t count) const {
+    if constexpr (!kPairs) {
       store_lanes<kFull>(gate, g, count);
       store_lanes<kFull>(value, v, count);
-      return;
+    } else {
+      const bool gate_first = g < v;
+      const L& first = gate_first ? gate : value;
+      const L& second = gate_first ? value : gate;
+      typename L::Compute seq[2 * L::K];
+      for (int j = 0; j < L::K; ++j) {
+        std::tie(seq[2 * j], seq[2 * j + 1]) = at::vec::interleave2(first.v[j], second.v[j]);
+      }
+      L lo, hi;
+      for (int j = 0; j < L::K; ++j) {
+        lo.v[j] = seq[j];
+        hi.v[j] = seq[L::K + j];
+      }
+      scalar_t* base = gate_first ? g : v;
+      store_lanes<kFull>(lo, base, 2 * count);
+      store_lanes<kFull>(hi, base + L::kWidth, 2 * count - L::kWidth);
     }
-    const bool gate_first = g < v;
-    const L& first = gate_first ? gate : value;
-    const L& second = gate_first ? value : gate;
-    typename L::Compute seq[2 * L::K];
-    for (int j = 0; j < L::K; ++j) {
-      std::tie(seq[2 * j], seq[2 * j + 1]) = at::vec::interleave2(first.v[j], second.v[j]);
-    }
-    L lo, hi;
-    for (int j = 0; j < L::K; ++j) {
-      lo.v[j] = seq[j];
-      hi.v[j] = seq[L::K + j];
-    }
-    scalar_t* base = gate_first ? g : v;
-    store_lanes<kFull>(lo, base, 2 * count);
-    store_lanes<kFull>(hi, base + L::kWidth, 2 * count - L::kWidth);
   }
 };
 
@@ -216,31 +216,50 @@ ActParams<typename Lanes<scalar_t>::Compute> vector_params(const ActivationCall&
   return {C(static_cast<opmath_t>(op.alpha)), C(static_cast<opmath_t>(op.limit))};
 }
 
+// Calls f(std::true_type{}) or f(std::false_type{}): a flag of the call made a constant of its
+// loops, so that their bodies carry no branch on it.
+template <typename F>
+void with_flag(bool flag, const F& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// The block bodies below read only locals of their stretch's lambda (its own copies of the
+// parameters): the vector stores may alias anything, and what a body reads through a reference
+// the compiler would load again after each of them.
 template <Activation A, typename scalar_t>
 struct ForwardKernel {
   static void run(const ForwardCall& call) {
     using L = Lanes<scalar_t>;
     using Math = Gated<A, typename L::Compute>;
+    using P = PairLanes<scalar_t>;
     const auto params = vector_params<scalar_t>(call.op);
     const PairLayout& in = call.in;
-    const bool pairs = in.elem_stride == 2;
     const auto* gate = static_cast<const scalar_t*>(call.gate);
     const auto* value = static_cast<const scalar_t*>(call.value);
     auto* out = static_cast<scalar_t*>(call.out);
-    for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
-      const int64_t at = in.run_offset(run) + first * in.elem_stride;
-      const scalar_t* g = gate + at;
-      const scalar_t* v = value + at;
-      scalar_t* y_out = out + run * in.run_len + first;
-      auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
-        constexpr bool kFull = decltype(full)::value;
-        const int64_t shift = done * in.elem_stride;
-        const auto x = PairLanes<scalar_t>::template load<kFull>(g + shift, v + shift, n, pairs);
-        L y;
-        for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], params);
-        PairLanes<scalar_t>::template store_lanes<kFull>(y, y_out + done, n);
-      };
-      for_each_block_of<L::kWidth>(count, block);
+    with_flag(in.elem_stride == 2, [&](auto pairs) {
+      constexpr bool kPairs = decltype(pairs)::value;
+      constexpr int64_t kStride = kPairs ? 2 : 1;
+      for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
+        const auto p = params;
+        const int64_t at = in.run_offset(run) + first * kStride;
+        const scalar_t* g = gate + at;
+        const scalar_t* v = value + at;
+        scalar_t* y_out = out + run * in.run_len + first;
+        auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
+          constexpr bool kFull = decltype(full)::value;
+          const int64_t shift = done * kStride;
+          const auto x = P::template load<kFull, kPairs>(g + shift, v + shift, n);
+          L y;
+          for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], p);
+          P::template store_lanes<kFull>(y, y_out + done, n);
+        };
+        for_each_block_of<L::kWidth>(count, block);
+      });
     });
   }
 };
@@ -250,39 +269,52 @@ struct BackwardKernel {
   static void run(const BackwardCall& call) {
     using L = Lanes<scalar_t>;
     using Math = Gated<A, typename L::Compute>;
+    using P = PairLanes<scalar_t>;
     const auto params = vector_params<scalar_t>(call.op);
     const PairLayout& in = call.in;
     const PairLayout& gin = call.grad_in;
-    const bool pairs = in.elem_stride == 2;
     const auto* gate = static_cast<const scalar_t*>(call.gate);
     const auto* value = static_cast<const scalar_t*>(call.value);
     const auto* grad_out = static_cast<const scalar_t*>(call.grad_out);
     auto* grad_gate = static_cast<scalar_t*>(call.grad_gate);
     auto* grad_value = static_cast<scalar_t*>(call.grad_value);
     auto* out = static_cast<scalar_t*>(call.out);
-    for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
-      const int64_t at = in.run_offset(run) + first * in.elem_stride;
-      const int64_t grad_at = gin.run_offset(run) + first * in.elem_stride;
-      const int64_t dense_at = run * in.run_len + first;
-      auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
-        constexpr bool kFull = decltype(full)::value;
-        const int64_t shift = done * in.elem_stride;
-        const auto x = PairLanes<scalar_t>::template load<kFull>(gate + at + shift,
-                                                                 value + at + shift, n, pairs);
-        const L dy = PairLanes<scalar_t>::template load_lanes<kFull>(grad_out + dense_at + done, n);
-        PairLanes<scalar_t> dx;
-        for (int j = 0; j < L::K; ++j) {
-          Math::backward(x.gate.v[j], x.value.v[j], dy.v[j], params, dx.gate.v[j], dx.value.v[j]);
-        }
-        dx.template store<kFull>(grad_gate + grad_at + shift, grad_value + grad_at + shift, n,
-                                 pairs);
-        if (out != nullptr) {  // the in-place form: the forward's result over grad_out
-          L y;
-          for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], params);
-          PairLanes<scalar_t>::template store_lanes<kFull>(y, out + dense_at + done, n);
-        }
-      };
-      for_each_block_of<L::kWidth>(count, block);
+    with_flag(in.elem_stride == 2, [&](auto pairs) {
+      // The in-place form writes the forward's result over grad_out.
+      with_flag(out != nullptr, [&](auto in_place) {
+        constexpr bool kPairs = decltype(pairs)::value;
+        constexpr bool kInPlace = decltype(in_place)::value;
+        constexpr int64_t kStride = kPairs ? 2 : 1;
+        for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
+          const auto p = params;
+          const int64_t at = in.run_offset(run) + first * kStride;
+          const int64_t grad_at = gin.run_offset(run) + first * kStride;
+          const int64_t dense_at = run * in.run_len + first;
+          const scalar_t* g = gate + at;
+          const scalar_t* v = value + at;
+          const scalar_t* dy_in = grad_out + dense_at;
+          scalar_t* dg_out = grad_gate + grad_at;
+          scalar_t* dv_out = grad_value + grad_at;
+          scalar_t* y_out = kInPlace ? out + dense_at : nullptr;
+          auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
+            constexpr bool kFull = decltype(full)::value;
+            const int64_t shift = done * kStride;
+            const auto x = P::template load<kFull, kPairs>(g + shift, v + shift, n);
+            const L dy = P::template load_lanes<kFull>(dy_in + done, n);
+            P dx;
+            for (int j = 0; j < L::K; ++j) {
+              Math::backward(x.gate.v[j], x.value.v[j], dy.v[j], p, dx.gate.v[j], dx.value.v[j]);
+            }
+            dx.template store<kFull, kPairs>(dg_out + shift, dv_out + shift, n);
+            if constexpr (kInPlace) {
+              L y;
+              for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], p);
+              P::template store_lanes<kFull>(y, y_out + done, n);
+            }
+          };
+          for_each_block_of<L::kWidth>(count, block);
+        });
+      });
     });
   }
 };
@@ -296,8 +328,6 @@ struct CpuTypes {
 
 void gated_forward_cpu(const ForwardCall& call) { dispatch<ForwardKernel, CpuTypes>(call); }
 
-void gated_backward_cpu(const BackwardCall& call) {
-  dispatch<BackwardKernel, CpuTypes>(call);
-}
+void gated_backward_cpu(const BackwardCall& call) { dispatch<BackwardKernel, CpuTypes>(call); }
 
 }  // namespace glu_fused
