@@ -7,6 +7,7 @@ and `kernel` (CUDA graph replays: the GPU's work alone). Speedups compare like w
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 OURS_PREFIX = "ours:"  # the contender names of our backends: ours:cuda, ours:triton, ours:cpu
@@ -39,6 +40,10 @@ class Row:
     best_kernel_peer: str | None
     kernel_speedup_vs_best_peer: float | None
     error: float | None  # worst |err| / glu_fused's bound over what the direction returns
+    # The run-to-run spread of the eager times behind speedup_vs_best_peer: the larger, over
+    # this contender and that peer, of |median of its odd samples / median of its even - 1|,
+    # as if each had been timed twice. None with fewer than 4 samples.
+    spread: float | None = None
 
     @property
     def is_ours(self) -> bool:
@@ -54,6 +59,20 @@ def _speedup(name: str, times: dict[str, float], best: str | None) -> float | No
     if best is None or not name.startswith(OURS_PREFIX) or name not in times:
         return None
     return times[best] / times[name]
+
+
+def half_spread(samples: list[float]) -> float | None:
+    """|median(odd samples) / median(even samples) - 1|: how far one contender's time moves
+    between two timings of it, the samples being interleaved with the other contenders'."""
+    if len(samples) < 4:
+        return None
+    return abs(statistics.median(samples[1::2]) / statistics.median(samples[0::2]) - 1)
+
+
+def _pair_spread(samples: dict[str, list[float]], name: str, best: str | None) -> float | None:
+    found = [half_spread(samples.get(n, [])) for n in (name, best) if n is not None]
+    found = [f for f in found if f is not None]
+    return max(found) if found else None
 
 
 def error_of(case: dict, name: str, direction: str) -> float | None:
@@ -94,6 +113,7 @@ def rows(results: dict) -> list[Row]:
                         best_kernel,
                         _speedup(name, kernel, best_kernel),
                         error_of(case, name, d["direction"]),
+                        _pair_spread(d.get("samples_ms", {}), name, best),
                     )
                 )
     return out
@@ -115,10 +135,18 @@ def _mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.3g}"
 
 
-def _ratio(value: float | None) -> str:
+def _ratio(value: float | None, spread: float | None = None) -> str:
+    """'!' marks a speedup below 1; '~' one below 1 by no more than the run-to-run spread
+    (level)."""
     if value is None:
         return "-"
-    return f"{value:.2f}" + (" !" if value < 1.0 else "")
+    if value >= 1.0:
+        return f"{value:.2f}"
+    return f"{value:.2f}" + (" ~" if spread is not None and 1.0 - value <= spread else " !")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _error(value: float | None) -> str:
@@ -167,7 +195,11 @@ def detail_table(results: dict) -> tuple[list[str], list[list[str]]]:
             for n in ours:
                 r = timed.get(n)
                 cells = (
-                    [f"{r.gb_per_s:.1f}", f"{r.pct_of_copy:.0f}", _ratio(r.speedup_vs_best_peer)]
+                    [
+                        f"{r.gb_per_s:.1f}",
+                        f"{r.pct_of_copy:.0f}",
+                        _ratio(r.speedup_vs_best_peer, r.spread),
+                    ]
                     if r
                     else ["-", "-", "-"]
                 )
@@ -222,7 +254,11 @@ def _lowest(group: list[Row], speedup: str, peer: str) -> str:
     if not with_peer:
         return "-"
     worst = min(with_peer, key=lambda r: getattr(r, speedup))
-    return f"{_ratio(getattr(worst, speedup))} ({_mib(worst.input_bytes)}, {getattr(worst, peer)})"
+    spread = worst.spread if speedup == "speedup_vs_best_peer" else None
+    return (
+        f"{_ratio(getattr(worst, speedup), spread)} ({_mib(worst.input_bytes)}, "
+        f"{getattr(worst, peer)})"
+    )
 
 
 def summary(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -245,6 +281,7 @@ def summary(results: dict) -> tuple[list[str], list[list[str]]]:
         "lowest % copy >= 64 MiB",
         "speedup at largest",
         "lowest speedup (at MiB, vs)",
+        "worst spread %",
     ]
     if kernel:
         header += ["kernel speedup at largest", "lowest kernel speedup (at MiB, vs)"]
@@ -260,8 +297,9 @@ def summary(results: dict) -> tuple[list[str], list[list[str]]]:
             _mib(largest.input_bytes),
             f"{largest.pct_of_copy:.0f}",
             f"{min(r.pct_of_copy for r in large):.0f}" if large else "-",
-            _ratio(largest.speedup_vs_best_peer),
+            _ratio(largest.speedup_vs_best_peer, largest.spread),
             _lowest(group, "speedup_vs_best_peer", "best_peer"),
+            _percent(max((r.spread for r in group if r.spread is not None), default=None)),
         ]
         if kernel:
             line += [
@@ -359,8 +397,11 @@ def markdown(results: dict, plots: list[str]) -> str:
         "transformers writes it), `torch.compile` of it, Liger-Kernel where installed",
         "- bytes moved: every input element read once, every output element written once "
         "(forward 1.5x the input, backward 2.5x, forward+backward 4x)",
-        "- speedup = fastest peer's time / ours (`!` marks < 1, slower); % copy from the "
-        "kernel time where there is one",
+        "- speedup = fastest peer's time / ours (`!` marks < 1, slower; `~` < 1 by no more "
+        "than the run-to-run spread: level); % copy from the kernel time where there is one",
+        "- spread: how far a time moves when timed twice, from each contender's own samples "
+        "(median of the odd ones against median of the even ones), the larger of ours and "
+        "the fastest peer's; worst spread % is the largest over the sizes",
         "- err = worst |error| against the float64 reference / glu_fused's bound for the dtype "
         "(<= 1: within what glu_fused promises); checked, before timing, on inputs of spread 4 "
         "(past the clamps of clamped_swiglu) in every mode timed. Ours must be within its "

@@ -328,3 +328,23 @@ def test_a_small_run_writes_results_summary_and_plots(tmp_path, capsys):
     assert "![bandwidth_float32.png](bandwidth_float32.png)" in summary
     assert (tmp_path / "bandwidth_float32.png").read_bytes()[:4] == b"\x89PNG"
     assert "ours:cpu speedup" in capsys.readouterr().out
+
+
+def test_report_spread_marks_a_speedup_within_it_as_level():
+    """The spread from each contender's own samples (odd against even); a speedup below 1 by
+    no more than it reads '~' (level), by more '!'."""
+    assert report.half_spread([1.0, 1.1, 1.0, 1.1, 1.0, 1.1]) == pytest.approx(0.1)
+    assert report.half_spread([1.0, 1.0, 1.0]) is None  # too few to split
+    for ours_ms, mark in ((1.05, "0.95 ~"), (1.25, "0.80 !")):
+        case = _forward_case({"ours:cpu": ours_ms, "eager": 1.0})
+        case["directions"][0]["samples_ms"] = {
+            "ours:cpu": [ours_ms, ours_ms * 1.1] * 3,
+            "eager": [1.0] * 6,
+        }
+        results = {"copy_bandwidth": {"gb_per_s": 100.0, "bytes": 2.0, "median_ms": 1.0}}
+        results["cases"] = [case]
+        (row,) = [r for r in report.rows(results) if r.is_ours]
+        assert row.spread == pytest.approx(0.1)
+        header, table = report.summary(results)
+        assert table[0][header.index("speedup at largest")] == mark
+        assert table[0][header.index("worst spread %")] == "10.0"
