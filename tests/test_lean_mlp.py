@@ -390,3 +390,16 @@ def test_the_order_of_the_weight_gradients_is_the_lower_peak():
 
     assert not first(16) and not first(64)
     assert first(4096)
+
+
+def test_a_second_backward_after_unpacking_through_hooks_is_right():
+    """The first backward unpacked the projections and dropped them; a second one through the
+    same graph (two projections, under save_on_cpu) recomputes them: the same gradients."""
+    run, _, weights = _two_projection_block()
+    x = random_input((TOKENS, IN), torch.float64).requires_grad_()
+    with torch.autograd.graph.save_on_cpu():
+        out = run(x)
+    first = torch.autograd.grad(out, [x, *weights], torch.ones_like(out), retain_graph=True)
+    second = torch.autograd.grad(out, [x, *weights], torch.ones_like(out))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
