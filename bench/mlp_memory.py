@@ -9,9 +9,12 @@ backward, its peak memory over a forward plus backward, and its step time, for:
 
 Kept bytes: the distinct storages autograd saves (saved_tensors_hooks), parameters left out,
 per token. Peak: the CUDA allocator's peak on a GPU; on the CPU the profiler's running total of
-allocations (both above what was allocated before the step). Time: the median of the timed
-steps (forward and backward), after a warm-up step. Every contender's output and gradients are
-first checked against the eager MLP's.
+allocations (both above what was allocated before the step; on the CPU one profiled step gives
+the step's peak and the backward's). Time: the median of the timed steps (forward and
+backward); each contender has run several steps (its check, its peaks) just before, so no
+warm-up step is added. --repeats steps are timed below --large-from tokens, --large-repeats
+from there on (a float32 step of the 7B shape at 4096 tokens takes most of a minute on one CPU
+core). Every contender's output and input gradient are first checked against the eager MLP's.
 
     python bench/mlp_memory.py                         # CPU; --device cuda on a GPU
     python bench/mlp_memory.py --tokens 64 --hidden 256 --intermediate 688   # small
@@ -109,40 +112,42 @@ def step(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], N
     return run
 
 
-def step_peak(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, device) -> int | None:
-    """The peak of a forward and backward above what was allocated before them, with no
-    gradients held before (a step that freed the last step's would count them out)."""
-    module.zero_grad(set_to_none=True)
-    x.grad = None
-    return peak_memory_bytes(lambda: module(x).backward(dy), device)
-
-
-def backward_peak(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, device) -> int | None:
-    """The backward's own peak, above what it starts with (the forward's kept tensors). On
-    the CPU, forward and backward are profiled as one step (the profiler cannot count the
-    freeing of what it did not see allocated) and split where the backward starts."""
-    module.zero_grad(set_to_none=True)
-    x.grad = None
+def peaks(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, device) -> tuple:
+    """(the step's peak, the backward's own peak), or None where not to be had. The step's:
+    a forward and backward above what was allocated before them, with no gradients held before
+    (a step that freed the last step's would count them out). The backward's: above what it
+    starts with (the forward's kept tensors). On the CPU, one profiled step gives both (the
+    profiler cannot count the freeing of what it did not see allocated, so the backward's is
+    split from the step's timeline where the backward starts)."""
     if device.type != "cpu":
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        step_peak = peak_memory_bytes(lambda: module(x).backward(dy), device)
+        module.zero_grad(set_to_none=True)
+        x.grad = None
         out = module(x)
-        return peak_memory_bytes(lambda: out.backward(dy), device)
+        return step_peak, peak_memory_bytes(lambda: out.backward(dy), device)
 
     def forward_backward() -> None:
         out = module(x)
         with torch.profiler.record_function("mlp_memory.backward"):
             out.backward(dy)
 
+    module.zero_grad(set_to_none=True)
+    x.grad = None
     timeline, at = cpu_memory_timeline(forward_backward, "mlp_memory.backward")
-    if not timeline or at is None:
-        return None
+    if not timeline:
+        return 0, None
+    step_peak = max(0, max(total for _, total in timeline) - timeline[0][1])
+    if at is None:
+        return step_peak, None
     before = [total for ts, total in timeline if ts <= at]
     after = [total for ts, total in timeline if ts > at]
-    return max(0, max(after, default=0) - before[-1]) if before else None
+    return step_peak, max(0, max(after, default=0) - before[-1]) if before else None
 
 
 def seconds(run: Callable[[], None], device: torch.device, repeats: int) -> float:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    run()
     times = []
     for _ in range(repeats):
         sync()
@@ -153,17 +158,21 @@ def seconds(run: Callable[[], None], device: torch.device, repeats: int) -> floa
     return statistics.median(times)
 
 
-def check_against(module, eager, x, dy) -> str:
+def results(module, x, dy) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output and x's gradient of one step, in float32."""
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    out = module(x)
+    out.backward(dy)
+    return out.detach().float(), x.grad.float()
+
+
+def check_against(module, want, x, dy) -> str:
     """'ok', or that this contender's output or input gradient differs from the eager MLP's
-    (beyond bfloat16's rounding)."""
-    results = []
-    for m in (eager, module):
-        m.zero_grad(set_to_none=True)
-        x.grad = None
-        out = m(x)
-        out.backward(dy)
-        results.append((out.detach().float(), x.grad.float()))
-    close = [torch.allclose(g, w, rtol=2e-2, atol=2e-2) for g, w in zip(*results)]
+    (`want`, beyond bfloat16's rounding)."""
+    close = [
+        torch.allclose(g, w, rtol=2e-2, atol=2e-2) for g, w in zip(results(module, x, dy), want)
+    ]
     return "ok" if all(close) else "output or input gradient differs from the eager MLP's"
 
 
@@ -177,14 +186,16 @@ def measure(args: argparse.Namespace) -> list[dict]:
     for tokens in args.tokens:
         x = torch.randn(tokens, args.hidden, dtype=dtype, device=device).requires_grad_()
         dy = torch.randn(tokens, args.hidden, dtype=dtype, device=device)
+        want = results(named["eager (LLaMA MLP)"], x, dy)
+        repeats = args.repeats if tokens < args.large_from else args.large_repeats
         for name, module in named.items():
-            status = check_against(module, named["eager (LLaMA MLP)"], x, dy)
+            status = "ok" if name.startswith("eager") else check_against(module, want, x, dy)
             row = {"contender": name, "tokens": tokens, "status": status}
             if status == "ok":
                 row["kept_bytes_per_token"] = kept_bytes(module, x) / tokens
-                row["peak_bytes"] = step_peak(module, x, dy, device)
-                row["backward_peak_bytes"] = backward_peak(module, x, dy, device)
-                row["seconds"] = seconds(step(module, x, dy), device, args.repeats)
+                row["peak_bytes"], row["backward_peak_bytes"] = peaks(module, x, dy, device)
+                row["seconds"] = seconds(step(module, x, dy), device, repeats)
+                row["steps_timed"] = repeats
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     return rows
@@ -209,20 +220,24 @@ def markdown(rows: list[dict], args: argparse.Namespace, device_name: str) -> st
         "activations and the backward's temporaries.",
         "",
         "| tokens | contender | kept for backward, bytes per token | vs eager | peak MiB, "
-        "forward + backward | peak MiB, backward alone | step ms |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "forward + backward | peak MiB above the weights' gradients | peak MiB, backward alone "
+        "| step ms | steps timed |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    weight_grads = 3 * h * i * itemsize
     eager = {r["tokens"]: r for r in rows if r["contender"].startswith("eager")}
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['tokens']} | {r['contender']} | {r['status']} | | | | |")
+            lines.append(f"| {r['tokens']} | {r['contender']} | {r['status']} | | | | | | |")
             continue
         base = eager[r["tokens"]].get("kept_bytes_per_token")
         change = f"{100 * (r['kept_bytes_per_token'] / base - 1):+.0f}%" if base else "-"
         peak, backward = (_mib(r[k]) for k in ("peak_bytes", "backward_peak_bytes"))
+        above = None if r["peak_bytes"] is None else r["peak_bytes"] - weight_grads
         lines.append(
             f"| {r['tokens']} | {r['contender']} | {r['kept_bytes_per_token']:.0f} | {change} | "
-            f"{peak} | {backward} | {1000 * r['seconds']:.1f} |"
+            f"{peak} | {_mib(above)} | {backward} | {1000 * r['seconds']:.1f} | "
+            f"{r['steps_timed']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -233,8 +248,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--intermediate", type=int, default=11008)
-    parser.add_argument("--tokens", type=int, nargs="+", default=[64, 256, 512])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[64, 512, 4096])
+    parser.add_argument("--repeats", type=int, default=3, help="steps timed per contender")
+    parser.add_argument(
+        "--large-repeats", type=int, default=1, help="steps timed from --large-from tokens on"
+    )
+    parser.add_argument("--large-from", type=int, default=2048)
     parser.add_argument("--out", type=Path, help="the Markdown table (default: results/<device>)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

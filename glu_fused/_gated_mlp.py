@@ -9,7 +9,14 @@ Backward, for the upstream gradient dy:
 2. one fused pass (the gated_backward_in_place op) over g, u and dh: it recomputes
    :math:`h = \mathrm{act}(g) \odot u` and writes it over dh, and writes :math:`dg, du` over
    g and u, which nothing needs afterwards;
-3. :math:`dW_d = dy^T h`, :math:`dW = [dg, du]^T x`, :math:`dx = dg\,W_g + du\,W_u`.
+3. the gradients, each activation freed once its last use is done: :math:`dW = [dg, du]^T x`
+   and :math:`dx = dg\,W_g + du\,W_u`, then the projections' gradients are freed (with two
+   projections, each once its own are taken), then :math:`dW_d = dy^T h`, then h is freed.
+   The weights' gradients are the largest tensors backward allocates, and the last of them
+   is allocated with h alone left alive (an eager MLP has as much, and more of x's size).
+   Where the tokens' activations outweigh the weights (more tokens than the block has
+   outputs), :math:`dW_d` comes first instead, so that h is freed before the projections'
+   gradients are taken: the order of the lower peak, counted in elements (_down_first).
 
 The projections come either as one fused weight (GatedMLP's gate_up, in either layout: g and
 u are then views of one buffer) or as two (a Hugging Face MLP's gate_proj and up_proj, kept
@@ -17,10 +24,16 @@ as they are). With `recompute`, backward computes them again first: one more mat
 place of keeping them.
 
 Writing over the kept projections is what saves the memory. They are this function's own
-intermediates, which nothing else holds, so the pass runs below autograd (their versions
-stay as saved), and a second backward through the same graph (retain_graph=True) computes
-them again from x, as `recompute` does: the same gradients. A backward that builds a graph
-(create_graph=True) takes a differentiable path instead, through the fused ops' own autograd.
+intermediates, which nothing else holds, so the pass runs below autograd. They are not in
+save_for_backward, whose SavedVariables would hold them until the graph is freed: forward
+packs them itself through the saved-tensor hooks in effect, as a SavedVariable would
+(saved_tensors_hooks, torch.autograd.graph.save_on_cpu, non-reentrant checkpointing see
+them), keeps what the pack hook returned on ctx, and backward unpacks it and drops ctx's
+reference, so that the projections die with backward's last use of them. Under torch.compile
+they go through save_for_backward (AOTAutograd manages the saved tensors). A second backward
+through the same graph (retain_graph=True) computes them again from x, as `recompute` does:
+the same gradients. A backward that builds a graph (create_graph=True) takes a
+differentiable path instead, through the fused ops' own autograd.
 """
 
 from __future__ import annotations
@@ -135,7 +148,12 @@ class LeanGatedMLP(torch.autograd.Function):
         h = block.activate(*_gate_and_up(projections, block))
         ctx.block, ctx.n = block, n
         kept = () if block.recompute else projections
-        ctx.save_for_backward(x, w_down, *weights, *biases, *kept)
+        if torch.compiler.is_compiling():  # AOTAutograd keeps what the graph saves
+            ctx.save_for_backward(x, w_down, *weights, *biases, *kept)
+            ctx.packed = None
+        else:
+            ctx.save_for_backward(x, w_down, *weights, *biases)
+            ctx.packed = _pack(kept) if kept and any(ctx.needs_input_grad[1:]) else None
         return F.linear(h, w_down, b_down)
 
     @staticmethod
@@ -149,26 +167,54 @@ class LeanGatedMLP(torch.autograd.Function):
             d_projections = torch.autograd.grad(
                 h, projections, dy.matmul(w_down), create_graph=True
             )
-            return _grads(ctx, dy, x, weights, biases, [h], d_projections)
+            return _grads(ctx, dy, x, weights, biases, [h], list(d_projections))
         spent = block.recompute or getattr(ctx, "spent", False)  # overwritten by a backward
-        projections = _project(x, weights, biases, block) if spent else list(rest[2 * n :])
-        gate, up, _ = _gate_and_up(projections, block)
+        if spent:
+            projections = _project(x, weights, biases, block)
+        elif ctx.packed is None:  # compiled: saved with the rest
+            projections = list(rest[2 * n :])
+        else:
+            projections = _unpack(ctx)
+        del rest
+        gate, up = _gate_and_up(projections, block)[:2]
         h = dy.matmul(w_down)  # dh, until the in-place pass writes h over it
         ctx.spent = True
         _in_place(h, gate, up, block.activation)
         del gate, up
-        # The projections now hold their own gradients; h goes to _grads alone, which frees it
-        # once the down projection's weight gradient is taken, before the larger ones.
+        # The projections now hold their own gradients. _grads gets the only references to
+        # them and to h, in lists it empties as it goes, so that each dies once used.
         held = [h]
         del h
         return _grads(ctx, dy, x, weights, biases, held, projections)
 
 
+def _pack(tensors) -> tuple:
+    """(unpack hook or None, packed projections): what a SavedVariable would keep of them,
+    through the saved-tensor hooks in effect (activation offloading, checkpointing,
+    saved_tensors_hooks), but held on ctx, so that backward can drop them once used (a
+    SavedVariable keeps what it holds until the graph is freed)."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if hooks is None:
+        return None, list(tensors)
+    pack, unpack = hooks
+    return unpack, [pack(t) for t in tensors]
+
+
+def _unpack(ctx) -> list[torch.Tensor]:
+    """The projections kept by forward, ctx's references to them dropped."""
+    unpack, packed = ctx.packed
+    ctx.packed = None
+    if unpack is None:
+        return packed
+    projections = [unpack(p) for p in packed]
+    packed.clear()
+    return projections
+
+
 def _in_place(dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str) -> None:
-    """h over dh, the gradients over gate and up, below autograd and its version counting:
-    the kept projections' versions stay as saved, so that a second backward can unpack them
-    (and recompute them). torch.compile traces the op itself (its graphs keep their own copies
-    of saved tensors)."""
+    """h over dh, the gradients over gate and up, below autograd and its version counting
+    (the projections are this function's own intermediates, which nothing else holds).
+    torch.compile traces the op itself (its graphs keep their own copies of saved tensors)."""
     backend = backends.route(dh.device.type)
     if torch.compiler.is_compiling():
         backend.gated_backward_in_place(dh, gate, up, activation)
@@ -178,27 +224,81 @@ def _in_place(dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation
 
 
 def _grads(ctx, dy, x, weights, biases, held, d_projections) -> tuple[torch.Tensor | None, ...]:
-    """Step 3: every gradient autograd asks for, from h (the one tensor in `held`, emptied
-    once used) and the projections' gradients."""
+    """Step 3: every gradient autograd asks for, from h (the one tensor in `held`) and the
+    projections' gradients (`d_projections`), each list emptied as its tensors are used, so that
+    they are freed as soon as nothing else holds them. The weights' gradients are the largest
+    tensors backward allocates; they are taken in the order whose peak is lower (see
+    _down_first): usually the projections' first (and x's), then the down projection's with h
+    alone left alive."""
     need = ctx.needs_input_grad  # (block, x, w_down, b_down, *weights, *biases)
     n = len(weights)
     dy2, x2 = _flat(dy), _flat(x)
-    d_proj = [_flat(d) for d in d_projections]
     grads: list[torch.Tensor | None] = [None] * len(need)
+    if need[3]:
+        grads[3] = dy2.sum(0)
+    down_first = _down_first(need, dy2, x2, weights, held[0], d_projections)
+    if down_first:
+        _down_grad(grads, need, dy2, held)
+    dx = None
+    for i in range(n):
+        d = _flat(d_projections[i])
+        d_projections[i] = None
+        if need[4 + i]:
+            grads[4 + i] = d.t().matmul(x2)
+        if need[4 + n + i]:
+            grads[4 + n + i] = d.sum(0)
+        if need[1]:
+            if dx is None:
+                dx = d.matmul(weights[i])
+            elif torch.is_grad_enabled():
+                dx = dx.addmm(d, weights[i])
+            else:
+                dx.addmm_(d, weights[i])
+        del d
+    d_projections.clear()
+    if need[1]:
+        grads[1] = dx.reshape(x.shape)
+    del dx
+    if not down_first:
+        _down_grad(grads, need, dy2, held)
+    return tuple(grads)
+
+
+def _down_grad(grads, need, dy2, held) -> None:
+    """The down projection's weight gradient, dy^T h; h dropped after."""
     h = held.pop()
     if need[2]:
         grads[2] = dy2.t().matmul(_flat(h))
     del h
-    if need[3]:
-        grads[3] = dy2.sum(0)
-    for i in range(n):
-        if need[4 + i]:
-            grads[4 + i] = d_proj[i].t().matmul(x2)
-        if need[4 + n + i]:
-            grads[4 + n + i] = d_proj[i].sum(0)
-    if need[1]:
-        dx = d_proj[0].matmul(weights[0])
-        for i in range(1, n):
-            dx = dx.addmm(d_proj[i], weights[i])
-        grads[1] = dx.reshape(x.shape)
-    return tuple(grads)
+
+
+def _down_first(need, dy2, x2, weights, h, d_projections) -> bool:
+    """Whether backward's peak is lower taking the down projection's weight gradient first
+    (h freed before the projections' weight gradients and x's are allocated, while their
+    inputs are alive) than last (the projections' gradients freed first, h alone left alive
+    when it is allocated). In elements, the activations' counted once per storage: last wins
+    while the tokens' activations are smaller than the weights (fewer tokens than the down
+    projection has outputs), first beyond. Each gradient in d_projections is a storage of its own
+    (one fused projection, or two)."""
+    n = len(weights)
+    sizes = [d.numel() for d in d_projections]  # one storage each
+    down = dy2.shape[1] * h.shape[-1] if need[2] else 0
+    dx = x2.numel() if need[1] else 0
+
+    def peak(first: bool) -> int:
+        alive = top = h.numel() + sum(sizes)
+        if first:
+            top = max(top, alive + down)
+            alive += down - h.numel()
+        for i in range(n):
+            alive += weights[i].numel() if need[4 + i] else 0
+            top = max(top, alive)
+            if i == 0:
+                alive += dx
+                top = max(top, alive)
+            alive -= sizes[i]
+        if not first:
+            top = max(top, alive + down)
+        return top
+
+    return peak(True) < peak(False)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
 from conftest import (
     ACTIVATIONS,
     DTYPES,
@@ -285,3 +287,119 @@ def test_in_place_op_refuses_what_it_cannot_write_in_place(backend):
     versions = [t._version for t in (dh, up)]
     op(dh, gate.detach(), up, "silu")
     assert [t._version for t in (dh, up)] == [v + 1 for v in versions]
+
+
+# ---- the kept projections, through the saved-tensor hooks --------------------------------
+
+
+def _two_projection_block(activation="silu", dtype=torch.float64):
+    """The lean block over two projections (a Hugging Face MLP's gate_proj and up_proj, as the
+    transformers integration hands them), as a function of x, with its weights."""
+    gate, up, down = (random_input(s, dtype) for s in ((HIDDEN, IN), (HIDDEN, IN), (OUT, HIDDEN)))
+    weights = [w.requires_grad_() for w in (down, gate, up)]
+    block = _gated_mlp.Block(activation, layout=None)
+
+    def run(x):
+        return _gated_mlp.LeanGatedMLP.apply(block, x, down, None, gate, up, None, None)
+
+    def plain(x):
+        return F.linear(reference.gated(F.linear(x, gate), F.linear(x, up), activation), down)
+
+    return run, plain, weights
+
+
+@pytest.mark.parametrize("kind", ["halves", "interleaved", "two projections"])
+def test_saved_tensors_hooks_see_the_projections(kind):
+    """The projections are not in save_for_backward, but the pack hook in effect still sees
+    them (and x), and backward unpacks each once: hooks that offload or compress what autograd
+    keeps get them too."""
+    if kind == "two projections":
+        run, _, weights = _two_projection_block()
+        projections = [(TOKENS, HIDDEN), (TOKENS, HIDDEN)]
+    else:
+        lean, _ = _pair("silu", kind, None, bias=False)
+        run, weights = lean, list(lean.parameters())
+        projections = [(TOKENS, 2 * HIDDEN)]
+    x = random_input((TOKENS, IN), torch.float64).requires_grad_()
+    packed, unpacked = [], []
+
+    def pack(t):
+        packed.append(tuple(t.shape))
+        return ("packed", t)
+
+    def unpack(p):
+        unpacked.append(tuple(p[1].shape))
+        return p[1]
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        out = run(x)
+    weight_shapes = {tuple(w.shape) for w in weights}
+    activations = [s for s in packed if s not in weight_shapes]
+    assert sorted(activations) == sorted([(TOKENS, IN), *projections])
+    out.backward(torch.ones_like(out))
+    assert sorted(s for s in unpacked if s not in weight_shapes) == sorted(activations)
+
+
+@pytest.mark.parametrize("kind", ["halves", "two projections"])
+@pytest.mark.parametrize("keep", ["save_on_cpu", "checkpoint", "saved_tensors_hooks"])
+def test_gradients_through_the_saved_tensor_hooks(keep, kind):
+    """save_on_cpu, a non-reentrant checkpoint (which packs through its own hooks and
+    recomputes the forward at the first unpack) and a copying pack hook: the same gradients as
+    the block without them, then as the unfused math."""
+    if kind == "two projections":
+        run, plain, weights = _two_projection_block()
+    else:
+        lean, other = _pair("silu", kind, None)
+        run, plain, weights = lean, other, list(lean.parameters())
+        weights_plain = list(other.parameters())
+    x = random_input((3, TOKENS, IN), torch.float64)
+    cotangent = random_input((3, TOKENS, OUT), torch.float64)
+
+    def grads(fn, params, keep=None):
+        xg = x.detach().requires_grad_()
+        if keep == "checkpoint":
+            out = torch.utils.checkpoint.checkpoint(fn, xg, use_reentrant=False)
+        elif keep == "save_on_cpu":
+            with torch.autograd.graph.save_on_cpu():
+                out = fn(xg)
+        elif keep == "saved_tensors_hooks":
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+                out = fn(xg)
+        else:
+            out = fn(xg)
+        return torch.autograd.grad(out, [xg, *params], cotangent)
+
+    got = grads(run, weights, keep)
+    bare = grads(run, weights)
+    want = grads(plain, weights if kind == "two projections" else weights_plain)
+    for g, b, w in zip(got, bare, want):
+        assert torch.equal(g, b)
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_the_order_of_the_weight_gradients_is_the_lower_peak():
+    """_down_first: the down projection's weight gradient last while the tokens' activations
+    are smaller than the weights, first beyond (h freed before the projections' gradients)."""
+    need = (False, True, True, False, True, False)
+    weights = [torch.empty(2 * 176, 64)]
+
+    def first(tokens):
+        dy2, x2 = torch.empty(tokens, 64), torch.empty(tokens, 64)
+        h, d_proj = torch.empty(tokens, 176), [torch.empty(tokens, 2 * 176)]
+        return _gated_mlp._down_first(need, dy2, x2, weights, h, d_proj)
+
+    assert not first(16) and not first(64)
+    assert first(4096)
+
+
+def test_a_second_backward_after_unpacking_through_hooks_is_right():
+    """The first backward unpacked the projections and dropped them; a second one through the
+    same graph (two projections, under save_on_cpu) recomputes them: the same gradients."""
+    run, _, weights = _two_projection_block()
+    x = random_input((TOKENS, IN), torch.float64).requires_grad_()
+    with torch.autograd.graph.save_on_cpu():
+        out = run(x)
+    first = torch.autograd.grad(out, [x, *weights], torch.ones_like(out), retain_graph=True)
+    second = torch.autograd.grad(out, [x, *weights], torch.ones_like(out))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
