@@ -177,12 +177,19 @@ py::dict launch_of(const ActivationCall& op, const PairLayout& in, const Operand
   return launch;
 }
 
-py::object forward_launch(const ForwardPlan& plan) {
-  if (plan.empty()) return py::none();
-  py::dict launch = launch_of(plan.op, plan.in, plan.gate, plan.value);
-  launch["pointers"] = py::make_tuple(pointer(plan.gate), pointer(plan.value), plan.out);
-  launch["strides"] = py::make_tuple(plan.in.outer_stride, plan.in.run_stride);
+// The launch of a kernel that reads gate and value and writes one dense tensor: the forward's
+// result, or the in-place backward's grad_out, which its gradients are read from first.
+py::object dense_launch(bool empty, const ActivationCall& op, const PairLayout& in,
+                        const Operand& gate, const Operand& value, const Tensor& dense) {
+  if (empty) return py::none();
+  py::dict launch = launch_of(op, in, gate, value);
+  launch["pointers"] = py::make_tuple(pointer(gate), pointer(value), dense);
+  launch["strides"] = py::make_tuple(in.outer_stride, in.run_stride);
   return std::move(launch);
+}
+
+py::object forward_launch(const ForwardPlan& plan) {
+  return dense_launch(plan.empty(), plan.op, plan.in, plan.gate, plan.value, plan.out);
 }
 
 py::object backward_launch(const BackwardPlan& plan) {
@@ -196,11 +203,7 @@ py::object backward_launch(const BackwardPlan& plan) {
 }
 
 py::object backward_in_place_launch(const BackwardPlan& plan) {
-  if (plan.empty()) return py::none();
-  py::dict launch = launch_of(plan.op, plan.in, plan.gate, plan.value);
-  launch["pointers"] = py::make_tuple(pointer(plan.gate), pointer(plan.value), plan.grad_out);
-  launch["strides"] = py::make_tuple(plan.in.outer_stride, plan.in.run_stride);
-  return std::move(launch);
+  return dense_launch(plan.empty(), plan.op, plan.in, plan.gate, plan.value, plan.grad_out);
 }
 
 void define_plans(py::module_& m) {

@@ -177,6 +177,19 @@ def compile_kernels(arch: str, tmp_path_factory) -> Build:
     return _BUILDS[arch]
 
 
+def kernel_table(rows, columns) -> str:
+    """A text table with a line per kernel row: its activation, dtype, direction and path, then
+    `columns`, each (header, width, cell), cell(row) giving the right-aligned text."""
+    keys = (("kernel", 12, "activation"), ("dtype", 9, "dtype"), ("direction", 9, "direction"))
+    keys += (("path", 13, "path"),)
+    head = " ".join([f"{h:<{w}}" for h, w, _ in keys] + [f"{h:>{w}}" for h, w, _ in columns])
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = [f"{getattr(r, a):<{w}}" for _, w, a in keys]
+        lines.append(" ".join(cells + [f"{cell(r):>{w}}" for _, w, cell in columns]))
+    return "\n".join(lines)
+
+
 def cuda_tool(name: str) -> str | None:
     """A CUDA binary tool (cuobjdump, nvdisasm): the toolkit's, else the copy that Triton
     bundles (found without importing triton); None where neither has it."""

@@ -42,6 +42,7 @@ from test_cuda_codegen import (
     Staged,
     compile_kernels,
     instance,
+    kernel_table,
     pytestmark,  # noqa: F401  (skips this module where nvcc is absent)
     read_staging,
 )
@@ -147,17 +148,15 @@ def rows(sm90, staging) -> list[Row]:
 
 
 def format_table(table: list[Row]) -> str:
-    head = (
-        f"{'kernel':<12} {'dtype':<9} {'direction':<9} {'path':<13} {'registers':>9} "
-        f"{'threads/SM':>10} {'bytes/thread':>12} {'in flight/SM':>12}"
+    return kernel_table(
+        table,
+        [
+            ("registers", 9, lambda r: str(r.registers)),
+            ("threads/SM", 10, lambda r: str(r.threads)),
+            ("bytes/thread", 12, lambda r: str(r.bytes_per_thread)),
+            ("in flight/SM", 12, lambda r: str(r.bytes_per_sm)),
+        ],
     )
-    lines = [head, "-" * len(head)]
-    for r in table:
-        lines.append(
-            f"{r.activation:<12} {r.dtype:<9} {r.direction:<9} {r.path:<13} {r.registers:>9} "
-            f"{r.threads:>10} {r.bytes_per_thread:>12} {r.bytes_per_sm:>12}"
-        )
-    return "\n".join(lines)
 
 
 def test_vector_kernels_load_what_staging_says(sm90, staging):

@@ -47,6 +47,7 @@ from test_cuda_codegen import (
     compile_kernels,
     cuda_tool,
     instance,
+    kernel_table,
     pytestmark,  # noqa: F401  (skips this module where nvcc is absent)
     read_staging,
 )
@@ -217,19 +218,11 @@ def table(tmp_path_factory) -> list[Row]:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = (
-        f"{'kernel':<12} {'dtype':<9} {'direction':<9} {'path':<13} {'elem/thr':>8} "
-        f"{'total/el':>8} {'FP32/el':>8} {'MUFU/el':>8} {'FP64/el':>8} {'other/el':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.activation:<12} {r.dtype:<9} {r.direction:<9} {r.path:<13} {r.elements:>8} "
-            + " ".join(
-                f"{r.per_element(k):>8.1f}" for k in ("total", "fp32", "mufu", "fp64", "other")
-            )
-        )
-    return "\n".join(lines)
+    labels = {"total": "total", "fp32": "FP32", "mufu": "MUFU", "fp64": "FP64", "other": "other"}
+    per_element = [
+        (f"{label}/el", 8, lambda r, k=k: f"{r.per_element(k):.1f}") for k, label in labels.items()
+    ]
+    return kernel_table(rows, [("elem/thr", 8, lambda r: str(r.elements)), *per_element])
 
 
 def test_instructions_per_element(table, tmp_path):
