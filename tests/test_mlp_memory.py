@@ -106,3 +106,9 @@ def test_peak_where_weight_gradients_dominate():
     assert peaks[LEAN] < peaks[EAGER]
     assert peaks["lean, two projections"] < peaks[EAGER]
     assert peaks[RECOMPUTE] <= peaks[EAGER]
+
+
+def test_a_contender_further_from_float32_than_twice_eager_fails_its_check():
+    assert mlp_memory.check(0.009, eager_error=0.005) == "ok"
+    assert mlp_memory.check(0.02, eager_error=0.005).startswith("error 0.02 against float32")
+    assert mlp_memory.check(1e-5, eager_error=0.0) == "ok"  # float32: rounding alone
