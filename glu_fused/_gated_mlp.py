@@ -188,6 +188,19 @@ class LeanGatedMLP(torch.autograd.Function):
         return _grads(ctx, dy, x, weights, biases, held, projections)
 
 
+def apply_linears(block: Block, x: torch.Tensor, projections, down) -> torch.Tensor:
+    """The lean block over nn.Linear modules: `projections` (the fused gate_up, or gate and up)
+    and `down`, their weights and biases passed as LeanGatedMLP.apply takes them."""
+    return LeanGatedMLP.apply(
+        block,
+        x,
+        down.weight,
+        down.bias,
+        *[p.weight for p in projections],
+        *[p.bias for p in projections],
+    )
+
+
 def _pack(tensors) -> tuple:
     """(unpack hook or None, packed projections): what a SavedVariable would keep of them,
     through the saved-tensor hooks in effect (activation offloading, checkpointing,

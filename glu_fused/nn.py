@@ -240,14 +240,7 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _gated_mlp.check_input(x, self.gate_up.weight)
         if self.lean and _gated_mlp.applies((self.gate_up, self.down), x):
-            return _gated_mlp.LeanGatedMLP.apply(
-                self._block,
-                x,
-                self.down.weight,
-                self.down.bias,
-                self.gate_up.weight,
-                self.gate_up.bias,
-            )
+            return _gated_mlp.apply_linears(self._block, x, (self.gate_up,), self.down)
         return self.down(self._act(self.gate_up(x)))
 
     def projections(

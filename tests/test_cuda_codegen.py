@@ -180,8 +180,12 @@ def compile_kernels(arch: str, tmp_path_factory) -> Build:
 def kernel_table(rows, columns) -> str:
     """A text table with a line per kernel row: its activation, dtype, direction and path, then
     `columns`, each (header, width, cell), cell(row) giving the right-aligned text."""
-    keys = (("kernel", 12, "activation"), ("dtype", 9, "dtype"), ("direction", 9, "direction"))
-    keys += (("path", 13, "path"),)
+    keys = [
+        ("kernel", 12, "activation"),
+        ("dtype", 9, "dtype"),
+        ("direction", 9, "direction"),
+        ("path", 13, "path"),
+    ]
     head = " ".join([f"{h:<{w}}" for h, w, _ in keys] + [f"{h:>{w}}" for h, w, _ in columns])
     lines = [head, "-" * len(head)]
     for r in rows:

@@ -73,10 +73,7 @@ class _TwoProjectionLean(torch.nn.Module):
     def forward(self, x):
         m = self.eager
         block = _gated_mlp.Block("silu", layout=None)
-        weights = (m.gate_proj.weight, m.up_proj.weight)
-        return _gated_mlp.LeanGatedMLP.apply(
-            block, x, m.down_proj.weight, None, *weights, None, None
-        )
+        return _gated_mlp.apply_linears(block, x, (m.gate_proj, m.up_proj), m.down_proj)
 
 
 EAGER, LEAN, RECOMPUTE = "eager (LLaMA MLP)", "GatedMLP (lean)", "GatedMLP, recompute='projection'"

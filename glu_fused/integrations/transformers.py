@@ -67,9 +67,7 @@ def _fused_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     gate, up, down = self.gate_proj, self.up_proj, self.down_proj
     if _gated_mlp.applies((gate, up, down), x):
         block = _gated_mlp.Block(activation, layout=None)
-        return _gated_mlp.LeanGatedMLP.apply(
-            block, x, down.weight, down.bias, gate.weight, up.weight, gate.bias, up.bias
-        )
+        return _gated_mlp.apply_linears(block, x, (gate, up), down)
     return down(functional.gated(gate(x), up(x), activation))
 
 
