@@ -1,15 +1,27 @@
-# make test: install what is missing, build the extension, lint, run the tests.
+# make test: install what is missing, build the extension, lint, run the tests (minutes).
+# make test-full: the same suites with every combination (README, Testing).
 # make test-oldest: the same tests against the oldest torch supported (2.11, Python 3.12).
 # make bench: measure (see bench/). make gpu-check: a first GPU run (see bench/gpu_check.py).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: test test-cuda-emulated test-oldest gpu-check-dry-run install deps bench-deps lint bench \
+.PHONY: test test-full test-cuda-emulated test-oldest gpu-check-dry-run install deps bench-deps lint bench \
 	gpu-check wheelhouse clean
 
+# Both cores (pytest-xdist): TEST_WORKERS=0 runs the suite in one process. `loadgroup` keeps
+# the modules that share one nvcc compile on one worker (tests/test_cuda_codegen.py).
+TEST_WORKERS ?= auto
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: install lint
-	$(PYTHON) -m pytest -q tests
+	$(PYTEST) tests
 	$(MAKE) test-cuda-emulated
+
+# The longer tier: every covering design as its full product (tests/covering.py), Triton's
+# interpreter included, and the codegen suites for sm_80 as well as sm_90.
+test-full: install lint
+	GLU_FUSED_TEST_FULL=1 $(PYTEST) tests
+	GLU_FUSED_TEST_FULL=1 $(MAKE) test-cuda-emulated
 
 # The suites' CPU cases again, with CPU tensors run through the CUDA kernels' thread code on
 # the host ($GLU_FUSED_EMULATE_CUDA): the CUDA paths' indexing, vectors and tails, without a GPU.
@@ -32,15 +44,16 @@ OLDEST := $(OLDEST_VENV)/bin/python
 # What nvcc makes of the .cu files, which include no torch header: the same under any torch.
 NVCC_ONLY_SUITES := tests/test_cuda_codegen.py tests/test_cuda_occupancy.py \
 	tests/test_cuda_sass.py tests/test_cuda_division.py
-OLDEST_PACKAGES := torch==2.11.0 triton==3.6.0 "setuptools>=64" wheel ninja "pytest>=7" numpy \
-	expecttest "transformers>=5" matplotlib
+OLDEST_PACKAGES := torch==2.11.0 triton==3.6.0 "setuptools>=64" wheel ninja "pytest>=7" \
+	pytest-xdist numpy expecttest "transformers>=5" matplotlib
 test-oldest:
 	@test -x $(OLDEST) || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST) -m pip install -q $(OLDEST_PACKAGES)
 	TORCH_CUDA_ARCH_LIST="9.0" $(OLDEST) setup.py -q build_ext --inplace
 	$(OLDEST) -c "import glu_fused, torch, triton; print('oldest:', torch.__version__, \
 		triton.__version__, glu_fused.backend_status())"
-	$(OLDEST) -m pytest -q tests $(addprefix --ignore=,$(NVCC_ONLY_SUITES))
+	$(OLDEST) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests \
+		$(addprefix --ignore=,$(NVCC_ONLY_SUITES))
 	$(MAKE) test-cuda-emulated PYTHON=$(OLDEST)
 
 # make gpu-check's stages on the CPU, small: its plumbing, so that a GPU run cannot die of a typo.
@@ -52,7 +65,7 @@ gpu-check-dry-run:
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PIP) install triton
-	$(PIP) install -q "setuptools>=64" wheel ninja "pytest>=7" numpy expecttest ruff
+	$(PIP) install -q "setuptools>=64" wheel ninja "pytest>=7" pytest-xdist numpy expecttest ruff
 	@$(PYTHON) -c "import transformers" 2>/dev/null || $(PIP) install -q "transformers>=5"
 	$(MAKE) bench-deps
 
@@ -81,7 +94,7 @@ gpu-check:
 	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The wheels the GPU machine lacks (Python 3.12, no network there), for make gpu-check.
-WHEELHOUSE_PACKAGES := liger-kernel expecttest
+WHEELHOUSE_PACKAGES := liger-kernel expecttest pytest-xdist execnet
 wheelhouse:
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d wheelhouse \

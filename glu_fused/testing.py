@@ -44,3 +44,48 @@ def assert_matches(
             f"{what}: {int((err > bound).sum())} elements out of tolerance; worst |err| "
             f"{err[worst].item():.3e} > {bound[worst].item():.3e} at ref {want[finite][worst]}"
         )
+
+
+def assert_rounded_once(out: torch.Tensor, expected64: torch.Tensor, what: str = "") -> None:
+    """Raises AssertionError unless `out` (float16 or bfloat16) is `expected64`, the float64
+    reference, rounded to `out`'s dtype, bit for bit, wherever float32 arithmetic settles that
+    rounding.
+
+    The arithmetic runs in float32 and is rounded once. Its float32 result lies within the
+    float32 bound (TOLERANCES[torch.float32]) of the reference, so it rounds as the reference
+    does unless the reference lies within that bound of a rounding tie (the midpoint between
+    two neighbours of the dtype); those elements are left out, and so are non-finite ones.
+    Exact zeros are kept. A kernel that truncates instead of rounding differs on about half of
+    the rest; one within a unit in the last place (the 16-bit tolerances) passes
+    `assert_matches`, not this.
+
+    (The bound is the float32 promise, not a few float32 ulps: next to a stationary point of
+    the activation's slope, SiLU's at -1.28 say, float32 arithmetic is off by hundreds of
+    ulps of its tiny result, within the bound.)
+    """
+    dtype = out.dtype
+    assert dtype in (torch.float16, torch.bfloat16), f"{what}: {dtype} is not a 16-bit float"
+    assert out.shape == expected64.shape, f"{what}: shape {out.shape} vs {expected64.shape}"
+    want = expected64.detach().double().cpu()
+    got = out.detach().cpu()
+    rounded = want.to(dtype)
+    up = torch.nextafter(rounded, torch.tensor(float("inf"), dtype=dtype)).double()
+    down = torch.nextafter(rounded, torch.tensor(float("-inf"), dtype=dtype)).double()
+    r = rounded.double()
+    tie = torch.where(want >= r, (r + up) / 2, (r + down) / 2)
+    rtol, atol = TOLERANCES[torch.float32]
+    settled = ((want - tie).abs() > atol + rtol * want.abs()) | (want == 0)
+    settled &= rounded.isfinite()
+    wrong = settled & (got.double() != r)
+    if wrong.any():
+        first = wrong.flatten().nonzero()[0].item()
+        raise AssertionError(
+            f"{what}: {int(wrong.sum())} of {int(settled.sum())} settled elements are not the "
+            f"reference rounded once; first: {got.flatten()[first].item()!r} where the "
+            f"reference {want.flatten()[first].item()!r} rounds to {r.flatten()[first].item()!r}"
+        )
+    # Inputs whose results mostly lie near ties or are infinite would check nothing.
+    assert settled.sum() * 4 >= settled.numel(), (
+        f"{what}: only {int(settled.sum())} of {settled.numel()} elements settled; "
+        "the inputs check too little"
+    )

@@ -17,6 +17,8 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from covering import design, product  # noqa: E402
+
 import glu_fused  # noqa: E402
 from glu_fused import _table, reference  # noqa: E402
 from glu_fused.testing import TOLERANCES, assert_matches  # noqa: E402, F401
@@ -68,6 +70,19 @@ def device_of(backend: str) -> str:
     if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
         return "cuda"
     return "cpu"
+
+
+def interpreted(backend: str) -> bool:
+    """Whether a backend's kernels run in Triton's interpreter (a tenth of a second a launch,
+    so that the suites give it a covering design rather than the full product)."""
+    return backend == "triton" and device_of(backend) == "cpu"
+
+
+def combinations(backend: str, params: dict, full=()) -> list[dict]:
+    """The rows a test loops over for `backend`: the full product of `params` where its kernels
+    run natively, a covering design (every pair, `full`'s groups in full) in Triton's
+    interpreter."""
+    return design(params, full) if interpreted(backend) else product(params)
 
 
 def ops_of(backend: str):

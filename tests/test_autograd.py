@@ -4,6 +4,8 @@ its derivative, and that only the inputs are saved for backward."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from conftest import (
@@ -14,10 +16,12 @@ from conftest import (
     backend_params,
     device_of,
     fused,
+    interpreted,
     ops_of,
     random_input,
     ref,
 )
+from covering import design, each, product, select
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import glu_fused
@@ -38,26 +42,80 @@ def _checks_of(backend):
     return {"fast_mode": interpreted}
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("fn", "kwargs"), FUNCTIONS, ids=FUNCTION_IDS)
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a leaf that requires grad, with its strides (detach keeps them)."""
+    return t.detach().requires_grad_()
+
+
+# gradcheck's inputs, float64, as (make(device) -> x, dim): contiguous ones, and views whose
+# saved x is not contiguous, which the autograd kernels, the backward op and the
+# double-backward op must each read where it is (a fault that mishandles them, such as a
+# gradient doubled for non-contiguous inputs only, passes on contiguous ones).
+GRADCHECK_INPUTS = {
+    "contiguous": (lambda dev: random_input((3, 10), torch.float64, dev), -1),
+    "middle-dim": (lambda dev: random_input((2, 6, 3), torch.float64, dev), 1),
+    "transposed": (lambda dev: random_input((10, 3), torch.float64, dev).t(), -1),
+    "row-strided": (lambda dev: random_input((3, 15), torch.float64, dev)[:, 2:12], -1),
+    "middle-dim-of-permuted": (
+        lambda dev: random_input((3, 2, 6), torch.float64, dev).transpose(1, 2),
+        1,
+    ),
+}
+
+
+@functools.cache
+def _gradcheck_rows(interpreted: bool) -> list[dict]:
+    """Natively: every function x layout x input. In Triton's interpreter (a launch costs
+    tens of milliseconds, gradgradcheck makes hundreds): layout x input in full, every
+    function with every layout and input (covering.design)."""
+    params = {"function": FUNCTION_IDS, "layout": LAYOUTS, "input": list(GRADCHECK_INPUTS)}
+    if interpreted:
+        return design(params, full=[("layout", "input")])
+    return product(params)
+
+
+@pytest.mark.parametrize("function", FUNCTION_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradcheck_and_gradgradcheck(backend, fn, kwargs, layout):
-    for shape, dim in (((3, 10), -1), ((2, 6, 3), 1)):
-        x = _x(backend, shape)
-        f = lambda t, dim=dim: fused(fn)(t, dim, layout=layout, **kwargs)  # noqa: E731
+def test_gradcheck_and_gradgradcheck(backend, function):
+    """Through ordinary autograd (the C++ autograd kernels, the fused backward op, the
+    double-backward op), on contiguous and non-contiguous inputs."""
+    fn, kwargs = FUNCTIONS[FUNCTION_IDS.index(function)]
+
+    def check(layout, input):
+        make, dim = GRADCHECK_INPUTS[input]
+        x = _leaf(make(device_of(backend)))
+        f = lambda t: fused(fn)(t, dim, layout=layout, **kwargs)  # noqa: E731
         with glu_fused.use_backend(backend):
-            assert torch.autograd.gradcheck(f, (x,), **_checks_of(backend))
-            assert torch.autograd.gradgradcheck(f, (x,), **_checks_of(backend))
+            assert torch.autograd.gradcheck(f, (x,), **_checks_of(backend)), "gradcheck"
+            assert torch.autograd.gradgradcheck(f, (x,), **_checks_of(backend)), "gradgradcheck"
+
+    each(select(_gradcheck_rows(interpreted(backend)), function=function), check)
+
+
+GATED_GRADCHECK_INPUTS = {
+    "contiguous": lambda dev: (
+        random_input((4, 7), torch.float64, dev),
+        random_input((4, 7), torch.float64, dev),
+    ),
+    "transposed-and-strided": lambda dev: (
+        random_input((7, 4), torch.float64, dev).t(),
+        random_input((4, 10), torch.float64, dev)[:, 1:8],
+    ),
+}
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gated_gradcheck_and_gradgradcheck(backend, activation):
-    g, v = _x(backend, (4, 7)), _x(backend, (4, 7))
     f = lambda a, b: glu_fused.gated(a, b, activation)  # noqa: E731
-    with glu_fused.use_backend(backend):
-        assert torch.autograd.gradcheck(f, (g, v), **_checks_of(backend))
-        assert torch.autograd.gradgradcheck(f, (g, v), **_checks_of(backend))
+
+    def check(input):
+        g, v = (_leaf(t) for t in GATED_GRADCHECK_INPUTS[input](device_of(backend)))
+        with glu_fused.use_backend(backend):
+            assert torch.autograd.gradcheck(f, (g, v), **_checks_of(backend)), "gradcheck"
+            assert torch.autograd.gradgradcheck(f, (g, v), **_checks_of(backend)), "gradgradcheck"
+
+    each(product({"input": list(GATED_GRADCHECK_INPUTS)}), check)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

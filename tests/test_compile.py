@@ -1,5 +1,12 @@
 """The ops pass torch.library.opcheck, and every function compiles with fullgraph=True
-(no graph break), forward and backward, to the reference's result and gradient."""
+(no graph break), forward and backward, to the reference's result and gradient.
+
+opcheck (about a second a call: it traces the op through AOT dispatch) checks what every
+function shares (the schema, the autograd and fake kernels, the result's shape from dim and
+layout): its rows are a covering design (tests/covering.py) of function x layout x dtype,
+layout x dtype x shape (a 2-D and a 3-D input) in full and every function with every
+layout, dtype and shape; `make test-full` runs the full product.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from conftest import (
     ops_of,
     random_input,
 )
+from covering import design, each, select
 
 import glu_fused
 from glu_fused import reference
@@ -37,14 +45,27 @@ def _opcheck(op, args):
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
+# (shape, dim): a split along the last dim of a matrix, and along the first of a 3-D tensor.
+OPCHECK_SHAPES = {"2d": ((3, 10), 1), "3d-first-dim": ((4, 2, 3), 0)}
+OPCHECK_ROWS = design(
+    {
+        "function": OP_FUNCTIONS,
+        "layout": LAYOUTS,
+        "dtype": [torch.float32, torch.float64],
+        "shape": list(OPCHECK_SHAPES),
+    },
+    full=[("layout", "dtype", "shape")],
+)
+
+
 @pytest.mark.parametrize("function", OP_FUNCTIONS)
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
-def test_opcheck_packed_ops(backend, function, layout, dtype):
+def test_opcheck_packed_ops(backend, function):
     dev = device_of(backend)
     packed, _ = ops_of(backend)
-    for shape, dim in (((3, 10), 1), ((4, 2, 3), 0)):
+
+    def check(layout, dtype, shape):
+        shape, dim = OPCHECK_SHAPES[shape]
         x = random_input(shape, dtype, dev).requires_grad_()
         args = (dim, function, layout, 1.702, 7.0)
         _opcheck(packed.forward, (x, *args))
@@ -52,6 +73,8 @@ def test_opcheck_packed_ops(backend, function, layout, dtype):
         out_shape[dim] //= 2
         grad = random_input(out_shape, dtype, dev).requires_grad_()
         _opcheck(packed.backward, (grad, x, *args))
+
+    assert each(select(OPCHECK_ROWS, function=function), check) > 0
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

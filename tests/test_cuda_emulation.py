@@ -3,6 +3,7 @@ suites run through it: the errors a launch returns, and which accesses the kerne
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -11,14 +12,45 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from test_cuda_codegen import (
-    pytestmark,  # noqa: F401  (skips this module where nvcc is absent)
-    run_host_probe,
-)
 
 from glu_fused import _C
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import build_config  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(
+        not _C.WITH_CUDA,
+        reason="the extension was built without the CUDA kernels: nothing to emulate",
+    ),
+    # misaligned_run is one module fixture: one pytest-xdist worker runs the whole module.
+    pytest.mark.xdist_group("cuda-emulation"),
+]
+
+
+def run_linked_probe(source: str, tmp_dir) -> str:
+    """Compiles `source`, C++ that calls the kernels' entry points (csrc/glu_kernels.h) from
+    `extern "C" void probe(char* out, int size)`, into a library resolved against the
+    extension this process loaded, runs it there and returns what it wrote: the built
+    kernels' own code, in a second rather than a compile of the kernels."""
+    path = os.path.join(tmp_dir, "probe.cpp")
+    lib = os.path.join(tmp_dir, "probe.so")
+    with open(path, "w") as f:
+        f.write(source)
+    build = subprocess.run(
+        ["g++", "-std=c++17", "-shared", "-fPIC", "-O1", "-DGLU_FUSED_WITH_CUDA",
+         f"-I{build_config.CSRC}", path, "-o", lib],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert build.returncode == 0, f"g++ failed on the probe:\n{build.stderr[-4000:]}"
+    # The extension's symbols, made global so that the probe's references resolve to them.
+    ctypes.CDLL(_C.__file__, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
+    out = ctypes.create_string_buffer(4096)
+    ctypes.CDLL(lib).probe(out, len(out))
+    return out.value.decode()
+
 
 # A launch the GPU would refuse: 2^45 runs need more than 2^31 - 1 blocks. The emulated entry
 # points, which return nothing, must throw what the launch returns; nothing is read, as the
@@ -26,23 +58,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ERROR_PROBE = r"""
 #include <cstdio>
 #include <stdexcept>
+#include <string>
 
-#include "cuda/glu_backward.cu"
-#include "cuda/glu_forward.cu"
+#include "glu_kernels.h"
 
 using namespace glu_fused;
 
 template <typename Call, typename Run>
-void attempt(const char* what, const Call& call, Run run) {
+std::string attempt(const char* what, const Call& call, Run run) {
   try {
     run(call);
-    std::printf("%s: returned\n", what);
+    return std::string(what) + ": returned\n";
   } catch (const std::runtime_error& e) {
-    std::printf("%s: threw %s\n", what, e.what());
+    return std::string(what) + ": threw " + e.what() + "\n";
   }
 }
 
-int main() {
+extern "C" void probe(char* out, int size) {
   PairLayout huge;
   huge.runs = int64_t{1} << 45;
   huge.run_len = 1;
@@ -50,17 +82,18 @@ int main() {
   const ActivationCall op{ScalarKind::Float, Activation::Silu, 0.0, 0.0};
   ForwardCall forward{op, huge, nullptr, nullptr, nullptr};
   BackwardCall backward{op, huge, nullptr, nullptr, nullptr, huge, nullptr, nullptr};
-  attempt("forward", forward, gated_forward_cuda_emulated);
-  attempt("backward", backward, gated_backward_cuda_emulated);
+  std::string text = attempt("forward", forward, gated_forward_cuda_emulated);
+  text += attempt("backward", backward, gated_backward_cuda_emulated);
   // A launch that fits returns: an empty set of runs has nothing to read either.
   forward.in.runs = 0;
-  attempt("empty forward", forward, gated_forward_cuda_emulated);
+  text += attempt("empty forward", forward, gated_forward_cuda_emulated);
+  std::snprintf(out, size, "%s", text.c_str());
 }
 """
 
 
 def test_emulated_launch_errors_throw(tmp_path):
-    out = run_host_probe(ERROR_PROBE, str(tmp_path))
+    out = run_linked_probe(ERROR_PROBE, str(tmp_path))
     for direction in ("forward", "backward"):
         m = re.search(rf"^{direction}: threw (.*)$", out, re.M)
         assert m, f"the emulated {direction} launch did not throw:\n{out}"
@@ -235,8 +268,6 @@ def parse_trace(stderr: str) -> list[Launch]:
 
 @pytest.fixture(scope="module")
 def misaligned_run():
-    if not _C.WITH_CUDA:
-        pytest.skip("the extension was built without the CUDA kernels: nothing to emulate")
     env = {
         **os.environ,
         "GLU_FUSED_EMULATE_CUDA": "1",

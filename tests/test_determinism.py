@@ -1,5 +1,10 @@
 """Bitwise reproducibility and batch invariance: an element's result depends only on its
-own inputs, whatever the tensor's size, batch, offset or alignment."""
+own inputs, whatever the tensor's size, batch, offset or alignment.
+
+One pytest item per backend and function, looping over layout x dtype: the full product
+where the kernels run natively, a covering design in Triton's interpreter (every function
+with every layout and dtype; tests/covering.py).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,17 @@ from conftest import (
     FUNCTION_IDS,
     FUNCTIONS,
     LAYOUTS,
+    assert_matches,
     backend_params,
+    combinations,
     device_of,
     fused,
     random_input,
 )
+from covering import each, select
 
 import glu_fused
+from glu_fused import reference
 
 BACKENDS = backend_params(("cpu", "cuda", "triton"))
 
@@ -28,11 +37,20 @@ def _fwd_bwd(fn, x, grad, layout, kwargs, dim=-1):
     return out.detach(), dx
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("fn", "kwargs"), FUNCTIONS, ids=FUNCTION_IDS)
+def _rows(backend, function, dtypes):
+    params = {"function": FUNCTION_IDS, "layout": LAYOUTS, "dtype": dtypes}
+    return select(combinations(backend, params), function=function)
+
+
+@pytest.mark.parametrize("function", FUNCTION_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bitwise_reproducible_and_batch_invariant(backend, fn, kwargs, layout, dtype):
+def test_bitwise_reproducible_and_batch_invariant(backend, function):
+    fn, kwargs = FUNCTIONS[FUNCTION_IDS.index(function)]
+    rows = _rows(backend, function, [torch.bfloat16, torch.float32])
+    each(rows, lambda layout, dtype: _reproducible(backend, fn, kwargs, layout, dtype))
+
+
+def _reproducible(backend, fn, kwargs, layout, dtype):
     dev = device_of(backend)
     hidden = 2 * 301  # runs with full vector blocks and a ragged tail
     batch = random_input((64, hidden), dtype, dev)
@@ -77,13 +95,17 @@ def test_gated_batch_invariant(backend):
         assert torch.equal(glu_fused.gated(g[:, 5:], v[:, 5:], "gelu_tanh"), out[:, 5:])
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("fn", "kwargs"), FUNCTIONS, ids=FUNCTION_IDS)
+@pytest.mark.parametrize("function", FUNCTION_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_vector_and_scalar_paths_agree_bitwise(backend, fn, kwargs, layout, dtype):
+def test_vector_and_scalar_paths_agree_bitwise(backend, function):
     """Rows whose every tensor starts 16-byte aligned take the kernels' vector path; the
     same rows one element off take the scalar path. Each element's result is the same."""
+    fn, kwargs = FUNCTIONS[FUNCTION_IDS.index(function)]
+    rows = _rows(backend, function, DTYPES)
+    each(rows, lambda layout, dtype: _paths_agree(backend, fn, kwargs, layout, dtype))
+
+
+def _paths_agree(backend, fn, kwargs, layout, dtype):
     dev = device_of(backend)
     hidden = 2 * 8 * 19  # each half of each row: a whole number of 16-byte vectors
     x = random_input((16, hidden), dtype, dev)
@@ -97,3 +119,29 @@ def test_vector_and_scalar_paths_agree_bitwise(backend, fn, kwargs, layout, dtyp
         out_off, dx_off = _fwd_bwd(fn, x_off[:, 1:], grad_off[:, 1:], layout, kwargs)
     assert torch.equal(out, out_off), "forward: the two paths differ"
     assert torch.equal(dx, dx_off), "backward: the two paths differ"
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu",)))
+def test_results_do_not_depend_on_the_thread_split(backend):
+    """The CPU kernels split the outputs over threads in tasks of 32768 elements
+    (at::parallel_for), so that tasks begin and end inside rows: with 1 thread and with 3,
+    every result and gradient is the same, bit for bit, and right."""
+    rows, half = 97, 1013  # 98261 outputs: 3 tasks and a part, each starting mid-row
+    x = random_input((rows, 2 * half), torch.bfloat16).requires_grad_()
+    grad = random_input((rows, half), torch.bfloat16, scale=1.0)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            with glu_fused.use_backend(backend):
+                runs.append(_fwd_bwd("geglu", x, grad, "interleaved", {}))
+    finally:
+        torch.set_num_threads(threads)
+    (out1, dx1), (out3, dx3) = runs
+    assert torch.equal(out1, out3) and torch.equal(dx1, dx3), "results depend on the threads"
+    x64 = x.detach().double().requires_grad_()
+    want = reference.geglu(x64, layout="interleaved")
+    (dx64,) = torch.autograd.grad(want, x64, grad.double())
+    assert_matches(out3, want, torch.bfloat16, "forward")
+    assert_matches(dx3, dx64, torch.bfloat16, "backward")

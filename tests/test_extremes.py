@@ -1,5 +1,9 @@
 """Extreme inputs: the dtype's largest values, infinities and NaN. Results are NaN only where
-the reference is, finite where it is finite, infinite where it is infinite."""
+the reference is, finite where it is finite, infinite where it is infinite.
+
+One pytest item per backend and function (or activation), looping over layout x dtype in
+full: every pair of special values is one tensor, so a combination costs one launch each way.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from conftest import (
     fused,
     ref,
 )
+from covering import each, product
 
 import glu_fused
 from glu_fused import _ops, reference
@@ -72,11 +77,19 @@ def _pack(x1, x2, layout):
     return torch.cat([x1, x2], -1)
 
 
-@pytest.mark.parametrize("dtype", LOW_PRECISION + [torch.float64], ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("fn", "kwargs"), FUNCTIONS, ids=FUNCTION_IDS)
+def _function(function):
+    return FUNCTIONS[FUNCTION_IDS.index(function)]
+
+
+@pytest.mark.parametrize("function", FUNCTION_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_large_finite_values_do_not_overflow(backend, fn, kwargs, layout, dtype):
+def test_large_finite_values_do_not_overflow(backend, function):
+    fn, kwargs = _function(function)
+    rows = product({"layout": LAYOUTS, "dtype": LOW_PRECISION + [torch.float64]})
+    each(rows, lambda layout, dtype: _large_finite(backend, fn, kwargs, layout, dtype))
+
+
+def _large_finite(backend, fn, kwargs, layout, dtype):
     x1, x2 = _all_pairs(dtype, device_of(backend), with_nonfinite=False)
     x = _pack(x1, x2, layout).requires_grad_()
     x64 = x.detach().double().requires_grad_()
@@ -91,11 +104,15 @@ def test_large_finite_values_do_not_overflow(backend, fn, kwargs, layout, dtype)
     assert_matches(dx, dx64, dtype, f"{fn} backward")
 
 
-@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("fn", "kwargs"), FUNCTIONS, ids=FUNCTION_IDS)
+@pytest.mark.parametrize("function", FUNCTION_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_and_inf_follow_the_reference(backend, fn, kwargs, layout, dtype):
+def test_nan_and_inf_follow_the_reference(backend, function):
+    fn, kwargs = _function(function)
+    rows = product({"layout": LAYOUTS, "dtype": LOW_PRECISION})
+    each(rows, lambda layout, dtype: _nan_and_inf(backend, fn, kwargs, layout, dtype))
+
+
+def _nan_and_inf(backend, fn, kwargs, layout, dtype):
     x1, x2 = _all_pairs(dtype, device_of(backend), with_nonfinite=True)
     x = _pack(x1, x2, layout)
     with glu_fused.use_backend(backend):
@@ -113,12 +130,16 @@ def test_gated_extremes(backend, activation):
     assert_matches(out, reference.gated(g.double(), v.double(), activation), torch.float32)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_in_place_backward_on_extremes_is_the_out_of_place_ops(backend, activation, dtype):
+def test_in_place_backward_on_extremes_is_the_out_of_place_ops(backend, activation):
     """The lean MLP's in-place backward writes, bit for bit (NaNs where they are), what the
     same backend's forward and backward ops return, on every pair of special values."""
+    rows = product({"dtype": [torch.bfloat16, torch.float32]})
+    each(rows, lambda dtype: _in_place_extremes(backend, activation, dtype))
+
+
+def _in_place_extremes(backend, activation, dtype):
     g, v = _all_pairs(dtype, device_of(backend), with_nonfinite=True)
     dy = torch.randn(g.shape, dtype=torch.float64).mul_(3).to(dtype).to(g.device)
     ops = _ops.GATED[glu_fused.backends.BACKENDS[backend].family]

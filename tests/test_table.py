@@ -50,7 +50,7 @@ def test_reference_has_the_math_of_every_activation():
         assert a.shape == g.shape, name
 
 
-@pytest.mark.parametrize("activation", list(_table.GATE_ACTIVATIONS.values()), ids=str)
+@pytest.mark.parametrize("activation", list(_table.GATE_ACTIVATIONS.values()), ids=lambda a: a.name)
 def test_torch_form_is_the_reference(activation):
     """What PyTorch users write computes the reference's activation (benchmarks' peers and
     infer_activation rely on it)."""

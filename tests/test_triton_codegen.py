@@ -1,4 +1,5 @@
-"""What Triton's compiler makes of the Triton kernels, for sm_90 and sm_80, without a GPU.
+"""What Triton's compiler makes of the Triton kernels, for sm_90 (and sm_80 in `make
+test-full`), without a GPU.
 
 Every kernel the launcher can choose (glu_fused/_triton/launch.py) is a specialization of
 forward_kernel or backward_kernel on its constexprs: the activation, the input dtype (which
@@ -36,7 +37,9 @@ so the math needs the same registers in each. Hence:
     a multiple of 16 elements), and the same with ALIGN 1, what Triton's own divisibility
     specialization gave them (its 16 or nothing).
 So every tile, ALIGN, layout, NESTED, activation and dtype is compiled for each
-architecture.
+architecture: sm_90 (H100, H200), the GPUs this project is tuned and measured on, in `make
+test`; sm_80 too under GLU_FUSED_TEST_FULL=1 (`make test-full`), as each architecture costs a
+core for a minute and a half.
 
 The compiles run in subprocesses (this file, run as a script), one per architecture side by
 side, without $TRITON_INTERPRET: the test session sets it when there is no GPU, before
@@ -66,13 +69,17 @@ import torch
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 pytest.importorskip("triton.backends.nvidia.compiler", reason="Triton has no NVIDIA backend")
 import triton.language as tl  # noqa: E402
+from covering import FULL  # noqa: E402
 
 from glu_fused import _table  # noqa: E402
 from glu_fused._triton import launch  # noqa: E402
 from glu_fused._triton import math as m  # noqa: E402
 
+# The compiles are one module fixture: one pytest-xdist worker runs the whole module.
+pytestmark = pytest.mark.xdist_group("triton-codegen")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCHS = (90, 80)
+ARCHS = (90, 80) if FULL else (90,)
 TABLE_ARCH = 90
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 ACTIVATIONS = {a.code: a.name for a in _table.ACTIVATIONS.values()}
