@@ -5,7 +5,8 @@ Stages, each in processes of its own with a time limit of its own; one failing o
 of time does not stop the next:
 
   environment  the GPU, its driver, the versions, the commit
-  wheels       installs wheelhouse/*.whl (`make wheelhouse`: liger-kernel, a peer; expecttest)
+  wheels       installs wheelhouse/*.whl (`make wheelhouse`: liger-kernel, a peer; expecttest;
+               pytest-xdist and execnet, for the tests stage's workers)
                offline, into a folder put on PYTHONPATH; names what is left out without them
   build        the extension for this GPU's architecture only (GLU_FUSED_CUDA=1)
   tests        the test suites on the cuda and triton backends (pytest -k "cuda or triton or
@@ -221,7 +222,7 @@ def test_stage(plan: Plan) -> Stage:
         # The codegen tests need no GPU (CI runs them); -n: Triton compiles its kernels in
         # every worker at once.
         command += ["tests", "-k", "(cuda or triton or gpu) and not codegen"]
-        if _has_module("xdist"):
+        if _has_module("xdist") or _in_wheelhouse("pytest_xdist"):
             command += ["-n", str(min(16, os.cpu_count() or 1))]
         if _has_module("pytest_timeout"):
             command += ["--timeout", "120"]
@@ -278,6 +279,11 @@ def _has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def _in_wheelhouse(distribution: str) -> bool:
+    """Whether the wheels stage installs `distribution` (its wheel's name) for later stages."""
+    return WHEELHOUSE.is_dir() and any(WHEELHOUSE.glob(f"{distribution}-*.whl"))
 
 
 def make_plan(tiny: bool, out: Path | None) -> Plan:

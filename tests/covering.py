@@ -19,6 +19,7 @@ than their checks, and stopping at the first failure would hide the pattern of t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,8 +43,15 @@ def design(
     (the whole product under GLU_FUSED_TEST_FULL)."""
     if FULL:
         return product(params)
+    key = (tuple((n, tuple(v)) for n, v in params.items()), tuple(tuple(g) for g in full))
+    return [dict(row) for row in _design(key)]
+
+
+@functools.cache
+def _design(key) -> list[dict[str, Any]]:
+    params = {n: list(values) for n, values in key[0]}
     names = list(params)
-    groups = [tuple(g) for g in full]
+    groups = list(key[1])
     for g in groups:
         unknown = set(g) - set(names)
         assert not unknown, f"covering: {sorted(unknown)} are not parameters"
@@ -108,6 +116,7 @@ def each(rows: Iterable[Mapping[str, Any]], check: Callable[..., None]) -> int:
         except (AssertionError, RuntimeError, ValueError, TypeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             failures.append(f"{label(row)}: {type(e).__name__}: {first}")
+    assert n > 0, "no combinations to run: a selection that matches nothing checks nothing"
     if failures:
         shown = "\n  ".join(failures[:40])
         more = f"\n  ... and {len(failures) - 40} more" if len(failures) > 40 else ""

@@ -1,10 +1,14 @@
 """Autograd: gradcheck and gradgradcheck in float64, forward-mode AD, vmap, torch.func's
 transforms, first order through the fused backward op in every mode, second order through
-its derivative, and that only the inputs are saved for backward."""
+its derivative, and that only the inputs are saved for backward.
+
+gradcheck and gradgradcheck run through ordinary autograd (the C++ autograd kernels, the
+fused backward op, the double-backward op) on contiguous inputs and on views whose saved x is
+not contiguous (transposed, row-strided, a middle dim of a permuted tensor): one item per
+backend and function, looping over layout x input, in full where the kernels run natively,
+a covering design (layout x input in full) in Triton's interpreter."""
 
 from __future__ import annotations
-
-import functools
 
 import pytest
 import torch
@@ -14,6 +18,7 @@ from conftest import (
     FUNCTIONS,
     LAYOUTS,
     backend_params,
+    combinations,
     device_of,
     fused,
     interpreted,
@@ -21,7 +26,7 @@ from conftest import (
     random_input,
     ref,
 )
-from covering import design, each, product, select
+from covering import each, product, select
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import glu_fused
@@ -38,8 +43,7 @@ def _checks_of(backend):
     """gradcheck's and gradgradcheck's settings. Through Triton's interpreter (a tenth of a
     second a launch) their fast mode, which checks random projections of the Jacobians; the
     full Jacobians everywhere else, Triton on a GPU included."""
-    interpreted = backend == "triton" and device_of(backend) == "cpu"
-    return {"fast_mode": interpreted}
+    return {"fast_mode": interpreted(backend)}
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -63,17 +67,6 @@ GRADCHECK_INPUTS = {
 }
 
 
-@functools.cache
-def _gradcheck_rows(interpreted: bool) -> list[dict]:
-    """Natively: every function x layout x input. In Triton's interpreter (a launch costs
-    tens of milliseconds, gradgradcheck makes hundreds): layout x input in full, every
-    function with every layout and input (covering.design)."""
-    params = {"function": FUNCTION_IDS, "layout": LAYOUTS, "input": list(GRADCHECK_INPUTS)}
-    if interpreted:
-        return design(params, full=[("layout", "input")])
-    return product(params)
-
-
 @pytest.mark.parametrize("function", FUNCTION_IDS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_and_gradgradcheck(backend, function):
@@ -89,7 +82,11 @@ def test_gradcheck_and_gradgradcheck(backend, function):
             assert torch.autograd.gradcheck(f, (x,), **_checks_of(backend)), "gradcheck"
             assert torch.autograd.gradgradcheck(f, (x,), **_checks_of(backend)), "gradgradcheck"
 
-    each(select(_gradcheck_rows(interpreted(backend)), function=function), check)
+    # Natively every layout x input; in Triton's interpreter (gradgradcheck makes hundreds of
+    # launches) a covering design, layout x input in full.
+    params = {"function": FUNCTION_IDS, "layout": LAYOUTS, "input": list(GRADCHECK_INPUTS)}
+    rows = combinations(backend, params, [("layout", "input")])
+    each(select(rows, function=function), check)
 
 
 GATED_GRADCHECK_INPUTS = {

@@ -1,7 +1,11 @@
 """GatedMLP's lean block: the same results and gradients as the modules' own path and the
 float64 reference, x + 2I elements kept per token (x with recompute), no activation-sized
 buffer allocated by its backward beyond dh, a second backward that is still right; and the
-in-place backward op under it, on every backend."""
+in-place backward op under it, on every backend.
+
+The in-place op: one item per backend and activation, looping over dtype x buffer kind x
+placement, in full where the kernels run natively, and in Triton's interpreter a covering
+design (those three in full, the activation varied)."""
 
 from __future__ import annotations
 

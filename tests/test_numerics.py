@@ -17,8 +17,6 @@ each looping over its combinations and reporting every failing one:
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from conftest import (
@@ -29,13 +27,14 @@ from conftest import (
     LAYOUTS,
     assert_matches,
     backend_params,
+    combinations,
     device_of,
     fused,
     interpreted,
     random_input,
     ref,
 )
-from covering import design, each, product, select
+from covering import each, product, select
 
 import glu_fused
 from glu_fused import reference
@@ -100,14 +99,6 @@ def _reference64(fn, x, dim, layout, kwargs):
     return ref(fn)(x.double(), dim, layout=layout, **kwargs)
 
 
-@functools.cache
-def _packed_rows(interpreted: bool) -> list[dict]:
-    params = {"function": FUNCTION_IDS, "layout": LAYOUTS, "dtype": DTYPES, "case": list(CASES)}
-    if interpreted:
-        return design(params, full=[("layout", "dtype", "case")])
-    return product(params)
-
-
 def _check_packed(backend, fn, kwargs, layout, dtype, case):
     make, dim = CASES[case]
     x = make(dtype, device_of(backend)).requires_grad_()
@@ -131,7 +122,8 @@ def _check_packed(backend, fn, kwargs, layout, dtype, case):
 @pytest.mark.parametrize("backend", backend_params())
 def test_forward_and_backward_match_reference(backend, function):
     fn, kwargs = FUNCTIONS[FUNCTION_IDS.index(function)]
-    rows = select(_packed_rows(interpreted(backend)), function=function)
+    params = {"function": FUNCTION_IDS, "layout": LAYOUTS, "dtype": DTYPES, "case": list(CASES)}
+    rows = select(combinations(backend, params, [("layout", "dtype", "case")]), function=function)
     each(rows, lambda **row: _check_packed(backend, fn, kwargs, **row))
 
 
@@ -164,14 +156,6 @@ GATED_CASES = {
 }
 
 
-@functools.cache
-def _gated_rows(interpreted: bool) -> list[dict]:
-    params = {"activation": ACTIVATIONS, "dtype": DTYPES, "case": list(GATED_CASES)}
-    if interpreted:
-        return design(params, full=[("dtype", "case")])
-    return product(params)
-
-
 def _check_gated(backend, activation, dtype, case):
     gate, value = GATED_CASES[case](dtype, device_of(backend))
     gate, value = gate.requires_grad_(), value.requires_grad_()
@@ -193,7 +177,8 @@ def _check_gated(backend, activation, dtype, case):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("backend", backend_params())
 def test_gated_matches_reference(backend, activation):
-    rows = select(_gated_rows(interpreted(backend)), activation=activation)
+    params = {"activation": ACTIVATIONS, "dtype": DTYPES, "case": list(GATED_CASES)}
+    rows = select(combinations(backend, params, [("dtype", "case")]), activation=activation)
     each(rows, lambda **row: _check_gated(backend, activation, **row))
 
 
