@@ -8,10 +8,11 @@ PIP := $(PYTHON) -m pip
 .PHONY: test test-full test-cuda-emulated test-oldest gpu-check-dry-run install deps bench-deps lint bench \
 	gpu-check wheelhouse clean
 
-# Both cores (pytest-xdist): TEST_WORKERS=0 runs the suite in one process. `loadgroup` keeps
-# the modules that share one nvcc compile on one worker (tests/test_cuda_codegen.py).
+# Both cores (pytest-xdist): TEST_WORKERS=0 runs the suite in one process. `loadscope` hands
+# each worker whole modules, so that a module's fixtures (a compile) run once, in the order
+# tests/conftest.py collects them (the compiles first), not reordered by their sizes.
 TEST_WORKERS ?= auto
-PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: install lint
 	$(PYTEST) tests
@@ -52,7 +53,7 @@ test-oldest:
 	TORCH_CUDA_ARCH_LIST="9.0" $(OLDEST) setup.py -q build_ext --inplace
 	$(OLDEST) -c "import glu_fused, torch, triton; print('oldest:', torch.__version__, \
 		triton.__version__, glu_fused.backend_status())"
-	$(OLDEST) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests \
+	$(OLDEST) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests \
 		$(addprefix --ignore=,$(NVCC_ONLY_SUITES))
 	$(MAKE) test-cuda-emulated PYTHON=$(OLDEST)
 

@@ -223,7 +223,13 @@ def test_stage(plan: Plan) -> Stage:
         # every worker at once.
         command += ["tests", "-k", "(cuda or triton or gpu) and not codegen"]
         if _has_module("xdist") or _in_wheelhouse("pytest_xdist"):
-            command += ["-n", str(min(16, os.cpu_count() or 1))]
+            command += [
+                "-n",
+                str(min(16, os.cpu_count() or 1)),
+                "--dist",
+                "loadscope",
+                "--no-loadscope-reorder",
+            ]
         if _has_module("pytest_timeout"):
             command += ["--timeout", "120"]
     return Stage("tests", [command], 60 if plan.tiny else 120, junit_summary(xml))

@@ -104,3 +104,22 @@ def ref(name: str):
 def random_input(shape, dtype, device="cpu", scale=3.0) -> torch.Tensor:
     """Fresh random values, never zeros: normal with a spread that exercises the gates."""
     return (torch.randn(shape, dtype=torch.float64, device=device) * scale).to(dtype)
+
+
+# pytest-xdist hands out whole modules (make test's --dist loadscope) in collection order.
+# The modules that compile come first, longest first: collected last, as alphabetically they
+# would be, the longest would run alone at the end while the other workers sat idle. Those
+# that read test_cuda_codegen's sm_90 build come last, when it is long done, rather than wait
+# for it on another worker.
+COMPILING_MODULES = ("test_triton_codegen", "test_cuda_codegen")
+READING_THE_NVCC_BUILD = ("test_cuda_sass", "test_cuda_occupancy", "test_cuda_division")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        module = getattr(getattr(item, "module", None), "__name__", "")
+        if module in COMPILING_MODULES:
+            return COMPILING_MODULES.index(module)
+        return 3 if module in READING_THE_NVCC_BUILD else 2
+
+    items.sort(key=rank)

@@ -9,12 +9,16 @@ spills, no stack frame, no local memory), and each 16-byte path kernel must move
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch.utils.cpp_extension as cpp_extension
@@ -26,14 +30,9 @@ import build_config  # noqa: E402
 
 CUDA_HOME = build_config.find_cuda_home()
 KERNEL_SOURCES = build_config.cuda_sources()
-pytestmark = [
-    pytest.mark.skipif(
-        CUDA_HOME is None or not KERNEL_SOURCES, reason="no nvcc, or no CUDA kernels to compile"
-    ),
-    # One pytest-xdist worker runs every module that compiles with nvcc (they import this
-    # mark), so that each architecture is compiled once (compile_kernels' cache).
-    pytest.mark.xdist_group("nvcc"),
-]
+pytestmark = pytest.mark.skipif(
+    CUDA_HOME is None or not KERNEL_SOURCES, reason="no nvcc, or no CUDA kernels to compile"
+)
 
 # sm_90 (H100, H200: what the kernels are tuned and measured on) always; sm_80 too in `make
 # test-full` (each architecture's compile costs about 45 s of a core).
@@ -146,12 +145,33 @@ class Build:
 _BUILDS: dict[str, Build] = {}
 
 
+def session_folder(tmp_path_factory) -> Path:
+    """A folder this test session's pytest-xdist workers share (the parent of their own)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def compile_kernels(arch: str, tmp_path_factory) -> Build:
-    """Every kernel of every .cu file, compiled for `arch`; once per session, whichever test
-    module asks first (tests/test_cuda_*.py share it)."""
+    """Every kernel of every .cu file, compiled for `arch`: once per test session, by
+    whichever process asks first (tests/test_cuda_*.py share it, on any xdist worker); the
+    others wait for it and read what it wrote."""
     if arch in _BUILDS:
         return _BUILDS[arch]
-    out = tmp_path_factory.mktemp(arch)
+    out = session_folder(tmp_path_factory) / f"nvcc-{arch}"
+    with open(f"{out}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = out / "build.json"
+        if not saved.exists():
+            out.mkdir(exist_ok=True)
+            build = _compile(arch, out)
+            saved.write_text(json.dumps(dataclasses.asdict(build)))
+    data = json.loads(saved.read_text())
+    kernels = {name: Kernel(**k) for name, k in data["kernels"].items()}
+    _BUILDS[arch] = Build(arch, kernels, data["cubins"])
+    return _BUILDS[arch]
+
+
+def _compile(arch: str, out: Path) -> Build:
     found: dict[str, Kernel] = {}
     cubins = []
     for source in KERNEL_SOURCES:
@@ -182,8 +202,7 @@ def compile_kernels(arch: str, tmp_path_factory) -> Build:
             kernel.ptx = ptx[name]
         found.update(report)
         cubins.append(str(cubin))
-    _BUILDS[arch] = Build(arch, found, cubins)
-    return _BUILDS[arch]
+    return Build(arch, found, cubins)
 
 
 def kernel_table(rows, columns) -> str:

@@ -21,7 +21,7 @@ from test_cuda_codegen import (
     compile_kernels,
     instance,
     nvcc_flags,
-    pytestmark,  # noqa: F401  (skipped where nvcc is absent; one xdist worker for nvcc)
+    pytestmark,  # noqa: F401  (skips this module where nvcc is absent)
     run_host_probe,
 )
 

@@ -19,14 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import build_config  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(
-        not _C.WITH_CUDA,
-        reason="the extension was built without the CUDA kernels: nothing to emulate",
-    ),
-    # misaligned_run is one module fixture: one pytest-xdist worker runs the whole module.
-    pytest.mark.xdist_group("cuda-emulation"),
-]
+pytestmark = pytest.mark.skipif(
+    not _C.WITH_CUDA, reason="the extension was built without the CUDA kernels: nothing to emulate"
+)
 
 
 def run_linked_probe(source: str, tmp_dir) -> str:

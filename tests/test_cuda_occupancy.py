@@ -43,7 +43,7 @@ from test_cuda_codegen import (
     compile_kernels,
     instance,
     kernel_table,
-    pytestmark,  # noqa: F401  (skipped where nvcc is absent; one xdist worker for nvcc)
+    pytestmark,  # noqa: F401  (skips this module where nvcc is absent)
     read_staging,
 )
 

@@ -48,7 +48,7 @@ from test_cuda_codegen import (
     cuda_tool,
     instance,
     kernel_table,
-    pytestmark,  # noqa: F401  (skipped where nvcc is absent; one xdist worker for nvcc)
+    pytestmark,  # noqa: F401  (skips this module where nvcc is absent)
     read_staging,
 )
 

@@ -75,9 +75,6 @@ from glu_fused import _table  # noqa: E402
 from glu_fused._triton import launch  # noqa: E402
 from glu_fused._triton import math as m  # noqa: E402
 
-# The compiles are one module fixture: one pytest-xdist worker runs the whole module.
-pytestmark = pytest.mark.xdist_group("triton-codegen")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = (90, 80) if FULL else (90,)
 TABLE_ARCH = 90
