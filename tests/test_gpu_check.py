@@ -1,13 +1,14 @@
 """make gpu-check's plumbing, without a GPU: the stages run in tiny mode on the CPU, and the
 commands a GPU machine would run are built as there and parsed by the programs they call, so
 that the first GPU run cannot die of a typo. (CI also runs `make gpu-check-dry-run`, which
-adds the build stage.)"""
+adds the build stage: a build where the checkout has no extension, else a note.)"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,20 @@ def test_gpu_plan_builds_for_the_gpu_alone(gpu_plan):
     build = gpu_plan["build"]
     assert build.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and build.env["GLU_FUSED_CUDA"] == "1"
     assert build.commands == [[sys.executable, "setup.py", "build_ext", "--inplace"]]
+
+
+def test_tiny_plan_rebuilds_only_a_checkout_without_an_extension(tmp_path, monkeypatch):
+    """The dry run does not rebuild for sm_90 what make test has just built for every
+    architecture; a checkout without an extension for this Python gets the GPU run's build."""
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
+    bare = gpu_check.make_plan(True, tmp_path / "bare").stages[2]
+    assert bare.name == "build"
+    assert bare.commands == [[sys.executable, "setup.py", "build_ext", "--inplace"]]
+    assert bare.env["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    (tmp_path / "glu_fused").mkdir()
+    (tmp_path / "glu_fused" / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").touch()
+    built = gpu_check.make_plan(True, tmp_path / "built").stages[2]
+    assert "not rebuilt" in built.commands[0][-1]
 
 
 def test_gpu_plan_commands_parse(gpu_plan):
