@@ -13,8 +13,10 @@ of time does not stop the next:
                gpu", in parallel where pytest-xdist is installed)
   sanitizer    compute-sanitizer's memcheck and racecheck on bench/sanitize_driver.py, which
                calls every kernel variant once
-  bench        a sweep sized to fit: every function, bfloat16/float16/float32, a small and a
-               large (>= 64 MiB) input, every direction, every peer, eager and kernel times
+  bench        a sweep sized to fit: every function, bfloat16, a large (>= 64 MiB) input,
+               every direction, every peer, eager and kernel times
+  fp8          FP8 output (bench/fp8.py): every granularity against its peers, the bytes
+               each mode moves and its % of copy
   overhead     host time per call on the GPU (bench/overhead.py)
 
 Writes bench/results/<gpu>/ (the benchmark's results.json, summary.md and plots, overhead.md,
@@ -272,9 +274,21 @@ def bench_stage(plan: Plan) -> Stage:
         command += ["--functions", "swiglu", "--dtypes", "float32", "--sizes", "2x64"]
         command += ["--contenders", "ours:cpu", "eager"]
     else:
-        # One size per function and dtype: each adds a torch.compile of the peer.
-        command += ["--dtypes", "bfloat16", "float32", "--sizes", "8192x4096"]
-    return Stage("bench", [command], 60 if plan.tiny else 120, bench_summary(plan.results))
+        # One size per function: each adds a torch.compile of the peer. bfloat16 alone, so
+        # that the fp8 stage's minute fits the call.
+        command += ["--dtypes", "bfloat16", "--sizes", "8192x4096"]
+    return Stage("bench", [command], 60, bench_summary(plan.results))
+
+
+def fp8_stage(plan: Plan) -> Stage:
+    """FP8 output against its peers (bench/fp8.py): the bytes each mode moves, its % of copy.
+    Its minute comes from the bench stage's, which times bfloat16 alone to give it."""
+    command = [PYTHON, "bench/fp8.py", "--device", plan.device, "--out", str(plan.results)]
+    if plan.tiny:
+        command += ["--functions", "swiglu", "--sizes", "2x128"]
+    else:
+        command += ["--sizes", "16384x4096"]
+    return Stage("fp8", [command], 60, last_line)
 
 
 def overhead_stage(plan: Plan) -> Stage:
@@ -322,6 +336,7 @@ def make_plan(tiny: bool, out: Path | None) -> Plan:
         test_stage(plan),
         sanitizer_stage(plan),
         bench_stage(plan),
+        fp8_stage(plan),
         overhead_stage(plan),
     ]
     return plan

@@ -12,6 +12,7 @@ bandwidth_<dtype>.png.
     python bench/run.py                  # the full sweep
     python bench/run.py --quick          # a few shapes, one dtype
     python bench/run.py --functions swiglu geglu_tanh --dtypes bfloat16 --sizes 4096x14336
+    python bench/run.py --fp8            # FP8 output against its peers (bench/fp8.py)
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ def environment(device: torch.device) -> dict[str, object]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes, one dtype")
+    parser.add_argument(
+        "--fp8", action="store_true", help="FP8 output's sweep instead (bench/fp8.py)"
+    )
     parser.add_argument("--functions", nargs="+", choices=list(FUNCTIONS))
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES))
     parser.add_argument("--directions", nargs="+", choices=DIRECTIONS)
@@ -254,6 +258,16 @@ def write(results: dict, out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.fp8:
+        import fp8
+
+        fp8.main(
+            [
+                *(["--device", args.device] if args.device else []),
+                *(["--out", str(args.out)] if args.out else []),
+            ]
+        )
+        return
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir = args.out or RESULTS_ROOT / device_slug(device)
     results = run(args, device, out_dir)

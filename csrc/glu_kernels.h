@@ -41,7 +41,30 @@ struct BackwardCall {
   void* out = nullptr;  // where act(gate) * value goes too, dense like grad_out; or nowhere
 };
 
+enum class Fp8Kind : int { E4M3 = 0, E5M2 = 1, E4M3Fnuz = 2, E5M2Fnuz = 3 };
+
+// The forward quantized to FP8 (docs/contract.md, "FP8 output"): y = act(gate) * value,
+// rounded to the input's dtype unless `round_to_input` is false, then per block of `block`
+// consecutive dense output elements (a block never crosses a run: run_len % block == 0)
+// scales[b] = rule.scale(amax of the block) and q = fp8(rule.saturate(y * (1 / scales[b]))).
+// block 0: one block, the whole tensor (its amax first, in a pass of its own), or the scale
+// read from `static_scale` when that is set.
+struct Fp8Call {
+  ActivationCall op;
+  PairLayout in;
+  const void* gate;
+  const void* value;
+  Fp8Kind kind;
+  Fp8Rule rule;
+  int64_t block;
+  bool round_to_input;
+  const float* static_scale;
+  void* q;        // dense like ForwardCall::out, one byte per element
+  float* scales;  // dense, numel / block of them (1 for block 0)
+};
+
 void gated_forward_cpu(const ForwardCall& call);
+void gated_forward_fp8_cpu(const Fp8Call& call);
 void gated_backward_cpu(const BackwardCall& call);
 
 // The CUDA kernels (csrc/cuda/), built when setup.py finds nvcc and a CUDA torch. `stream`

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstring>
 
 // Always inlined: on the CPU these run on SIMD vectors, and a call boundary would send
 // every vector through memory.
@@ -233,6 +234,56 @@ struct Gated<Activation::ClampedSilu, T> {
     // gc * slope before alpha: alpha * gc alone may overflow where slope is 0.
     const T dgc = (dy * (vc + T(1))) * (sg.s + p.alpha * (gc * sg.slope()));
     dg = M::select_lt(g, p.limit, dgc, T(0));
+  }
+};
+
+// ---- FP8 output: the scale of a block and the saturation (docs/contract.md, "FP8 output";
+// glu_fused/_fp8.py writes the same rule in PyTorch, and the tests hold them bit for bit) ----
+
+enum class ScaleRule : int {
+  Float = 0,      // s = max(amax, eps) / fp8_max, IEEE division
+  Pow2Ceil = 1,   // the power of two at or above that
+  Pow2Floor = 2,  // 2^(floor(log2 max(amax, eps)) - emax): the OCP MX rule
+};
+
+struct Fp8Rule {
+  float fp8_max;  // the FP8 type's largest finite value
+  int emax;       // the exponent of its largest power of two
+  float eps;      // checked: eps / fp8_max is a normal float32
+  ScaleRule rule;
+
+  // The largest of m and |a|, where a NaN (in either) wins, as torch.amax propagates it.
+  GLU_HD static float nan_max(float m, float a) {
+    const float b = ::fabsf(a);  // as torch.abs: a NaN's sign cleared too
+    return (b > m || b != b) ? b : m;
+  }
+
+  // A block's dequantization scale from its amax.
+  GLU_HD float scale(float amax) const {
+    const float m = (amax != amax || amax > eps) ? amax : eps;
+    if (rule == ScaleRule::Pow2Floor) return pow2(m, false);
+    const float s = m / fp8_max;
+    return rule == ScaleRule::Pow2Ceil ? pow2(s, true) : s;
+  }
+
+  // y * r saturated to +-fp8_max; NaN stays NaN (both comparisons are false for it).
+  GLU_HD float saturate(float v) const {
+    return v > fp8_max ? fp8_max : (v < -fp8_max ? -fp8_max : v);
+  }
+
+ private:
+  // x positive and normal (eps sees to it), NaN or inf: the power of two at or above x
+  // (ceil), or 2^(floor(log2 x) - emax); NaN and inf kept. Exact, on bits.
+  GLU_HD float pow2(float x, bool ceil) const {
+    unsigned bits;
+    memcpy(&bits, &x, sizeof bits);
+    if ((bits & 0x7f800000u) == 0x7f800000u) return x;
+    const int exponent = static_cast<int>(bits >> 23) - 127;  // x > 0: no sign bit
+    const int e = ceil ? exponent + ((bits & 0x7fffffu) != 0) : exponent - emax;
+    bits = static_cast<unsigned>(e + 127) << 23;
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
   }
 };
 

@@ -88,6 +88,67 @@ void gated_backward_in_place(const Tensor& grad_out, const Tensor& gate, const T
   run(plan_gated_backward_in_place(grad_out, gate, value, activation), gate);
 }
 
+// FP8 output: the CPU kernels; on CUDA the op runs the plain kernel and quantizes after it
+// (glu_fused/_ops.py) until a fused CUDA kernel lands.
+void launch(const Tensor& like, const Fp8Call& call) {
+  if (like.is_cpu()) return gated_forward_fp8_cpu(call);
+  no_kernels_for(like);
+}
+
+std::tuple<Tensor, Tensor> run_fp8(const Fp8Plan& plan, const Tensor& like) {
+  if (!plan.empty()) launch(like, plan.call());
+  return {plan.q, plan.result_scales()};
+}
+
+Fp8Options fp8_options(at::ScalarType out_dtype, std::string_view granularity,
+                       int64_t group_size, at::ScalarType scale_dtype,
+                       std::string_view scale_rounding, std::string_view scale_layout,
+                       std::string_view intermediate, double eps,
+                       const std::optional<Tensor>& scale) {
+  return {out_dtype,    granularity,  group_size, scale_dtype, scale_rounding,
+          scale_layout, intermediate, eps,        scale};
+}
+
+// The FP8 ops' trailing arguments, as every kernel of theirs takes them.
+#define GLU_FP8_PARAMS                                                                   \
+  at::ScalarType out_dtype, std::string_view granularity, int64_t group_size,            \
+      at::ScalarType scale_dtype, std::string_view scale_rounding,                       \
+      std::string_view scale_layout, std::string_view intermediate, double eps,          \
+      const std::optional<Tensor>&scale
+#define GLU_FP8_ARGS                                                                     \
+  fp8_options(out_dtype, granularity, group_size, scale_dtype, scale_rounding, scale_layout, \
+              intermediate, eps, scale)
+
+std::tuple<Tensor, Tensor> glu_forward_fp8(const Tensor& x, int64_t dim, std::string_view function,
+                                           std::string_view layout, double alpha, double limit,
+                                           GLU_FP8_PARAMS) {
+  return run_fp8(plan_glu_forward_fp8(x, dim, function, layout, alpha, limit, GLU_FP8_ARGS), x);
+}
+
+std::tuple<Tensor, Tensor> gated_forward_fp8(const Tensor& gate, const Tensor& value,
+                                             std::string_view activation, GLU_FP8_PARAMS) {
+  return run_fp8(plan_gated_forward_fp8(gate, value, activation, GLU_FP8_ARGS), gate);
+}
+
+std::tuple<Tensor, Tensor> glu_forward_fp8_meta(const Tensor& x, int64_t dim,
+                                                std::string_view function,
+                                                std::string_view layout, double alpha,
+                                                double limit, GLU_FP8_PARAMS) {
+  const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
+  return fp8_results_meta(x, halved_shape(x, args.dim), args.dim, GLU_FP8_ARGS);
+}
+
+std::tuple<Tensor, Tensor> gated_forward_fp8_meta(const Tensor& gate, const Tensor& value,
+                                                  std::string_view activation, GLU_FP8_PARAMS) {
+  check_gated(gate, value, activation);
+  TORCH_CHECK_VALUE(gate.dim() > 0, "glu_fused: FP8 output is quantized along the last "
+                    "dim; a 0-dimensional tensor has none");
+  return fp8_results_meta(gate, gate.sym_sizes().vec(), gate.dim() - 1, GLU_FP8_ARGS);
+}
+
+#undef GLU_FP8_PARAMS
+#undef GLU_FP8_ARGS
+
 // Meta: the same checks, results of the right (possibly symbolic) shape, nothing run.
 Tensor glu_forward_meta(const Tensor& x, int64_t dim, std::string_view function,
                         std::string_view layout, double alpha, double limit) {
@@ -195,14 +256,29 @@ TORCH_LIBRARY(glu_fused, m) {
   m.def(
       "gated_double_backward(Tensor grad_grad_gate, Tensor grad_grad_value, Tensor grad_out, "
       "Tensor gate, Tensor value, str activation) -> (Tensor, Tensor, Tensor)");
+  // FP8 output (the native family; docs/contract.md, "FP8 output"): (q, scale).
+  constexpr const char* kFp8Args =
+      "ScalarType out_dtype, str granularity, int group_size, ScalarType scale_dtype, "
+      "str scale_rounding, str scale_layout, str intermediate, float eps, Tensor? scale) "
+      "-> (Tensor, Tensor)";
+  m.def(("glu_forward_fp8(Tensor x, int dim, str function, str layout, float alpha, "
+         "float limit, " + std::string(kFp8Args)).c_str());
+  m.def(("gated_forward_fp8(Tensor gate, Tensor value, str activation, " +
+         std::string(kFp8Args)).c_str());
 }
 
 TORCH_LIBRARY_IMPL(glu_fused, Meta, m) {
   impl_meta(m, Family::Native);
+  m.impl("glu_forward_fp8", &glu_forward_fp8_meta);
+  m.impl("gated_forward_fp8", &gated_forward_fp8_meta);
   impl_meta(m, Family::Triton);
 }
 
-TORCH_LIBRARY_IMPL(glu_fused, CPU, m) { impl_native(m); }
+TORCH_LIBRARY_IMPL(glu_fused, CPU, m) {
+  impl_native(m);
+  m.impl("glu_forward_fp8", &glu_forward_fp8);
+  m.impl("gated_forward_fp8", &gated_forward_fp8);
+}
 
 #ifdef GLU_FUSED_WITH_CUDA
 TORCH_LIBRARY_IMPL(glu_fused, CUDA, m) { impl_native(m); }

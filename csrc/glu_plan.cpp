@@ -4,6 +4,9 @@
 #include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <initializer_list>
 #include <limits>
@@ -389,6 +392,265 @@ BackwardPlan plan_gated_backward_in_place(const Tensor& grad_out, const Tensor& 
   plan.gate = plan.grad_gate = {gate};
   plan.value = plan.grad_value = {value};
   plan.grad_out = plan.out = grad_out;
+  return plan;
+}
+
+}  // namespace glu_fused
+
+// ---- FP8 output ------------------------------------------------------------------------
+namespace glu_fused {
+namespace {
+
+struct Fp8Format {
+  at::ScalarType dtype;
+  Fp8Kind kind;
+  float max;
+  int emax;
+};
+
+// glu_fused/_fp8.py's FP8_FORMATS, in its order (its error messages list them so).
+constexpr Fp8Format kFp8Formats[] = {
+    {at::kFloat8_e4m3fn, Fp8Kind::E4M3, 448.0f, 8},
+    {at::kFloat8_e5m2, Fp8Kind::E5M2, 57344.0f, 15},
+    {at::kFloat8_e4m3fnuz, Fp8Kind::E4M3Fnuz, 240.0f, 7},
+    {at::kFloat8_e5m2fnuz, Fp8Kind::E5M2Fnuz, 57344.0f, 15},
+};
+constexpr const char* kGranularities[] = {"tensor", "token", "group", "mx"};
+constexpr const char* kScaleRoundings[] = {"ceil", "floor"};
+constexpr const char* kScaleLayouts[] = {"row", "column"};
+constexpr const char* kIntermediates[] = {"input", "float32"};
+constexpr int64_t kMxBlock = 32;
+constexpr int64_t kTokenPad = 4;
+
+template <typename Names>
+void check_choice(const char* what, std::string_view name, const Names& names) {
+  for (const char* n : names) {
+    if (name == n) return;
+  }
+  unknown(what, name, python_choices(names, [](const char* n) { return n; }));
+}
+
+std::string format_g(double v) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%g", v);
+  return buffer;
+}
+
+const Fp8Format& fp8_format(at::ScalarType dtype) {
+  for (const auto& f : kFp8Formats) {
+    if (f.dtype == dtype) return f;
+  }
+  std::string names;
+  for (const auto& f : kFp8Formats) names += (names.empty() ? "" : ", ") + python_dtype(f.dtype);
+  TORCH_CHECK_TYPE(false, "glu_fused: out_dtype must be the input's dtype or an FP8 type (",
+                   names, "), got ", python_dtype(dtype));
+}
+
+// The checks of glu_fused/_fp8.py's check(), in its order and words; the call's settings.
+Fp8Call check_fp8(const Fp8Options& o, c10::SymIntArrayRef out_shape, int64_t dim,
+                  const at::Device& device) {
+  TORCH_CHECK_VALUE(dim == static_cast<int64_t>(out_shape.size()) - 1,
+                    "glu_fused: FP8 output is quantized along the last dim; split along it, "
+                    "got dim ", dim);
+  const c10::SymInt& last = out_shape.back();
+  const Fp8Format& format = fp8_format(o.out_dtype);
+  check_choice("granularity", o.granularity, kGranularities);
+  check_choice("scale_rounding", o.scale_rounding, kScaleRoundings);
+  check_choice("scale_layout", o.scale_layout, kScaleLayouts);
+  check_choice("intermediate", o.intermediate, kIntermediates);
+  const bool per_tensor = o.granularity == "tensor";
+  const bool per_token = o.granularity == "token";
+  const bool mx = o.granularity == "mx";
+  const int64_t block = o.group_size;
+  TORCH_CHECK_VALUE(o.granularity != "group" || block == 64 || block == 128,
+                    "glu_fused: group_size must be 64 or 128, got ", block);
+  TORCH_CHECK_VALUE(!mx || block == kMxBlock,
+                    "glu_fused: granularity 'mx' takes blocks of 32, got ", block);
+  TORCH_CHECK_VALUE(!(per_tensor || per_token) || block == 0, "glu_fused: granularity '",
+                    o.granularity, "' takes no group_size");
+  const at::ScalarType sd = o.scale_dtype;
+  TORCH_CHECK_TYPE(sd == at::kFloat || sd == at::kFloat8_e8m0fnu || sd == at::kInt,
+                   "glu_fused: scale_dtype must be torch.float32, torch.float8_e8m0fnu or "
+                   "torch.int32, got ", python_dtype(sd));
+  TORCH_CHECK_VALUE(!mx || sd != at::kFloat,
+                    "glu_fused: granularity 'mx' has E8M0 scales, not torch.float32");
+  TORCH_CHECK_VALUE(sd != at::kInt || !(per_tensor || per_token),
+                    "glu_fused: int32 scales pack four blocks' scales; granularity '",
+                    o.granularity, "' has one per row or tensor");
+  TORCH_CHECK_VALUE(!per_tensor || o.scale_layout == "row",
+                    "glu_fused: granularity 'tensor' has one scale: no scale_layout");
+  const double least = static_cast<double>(format.max) * std::ldexp(1.0, -126);
+  TORCH_CHECK_VALUE(o.eps >= least && o.eps != std::numeric_limits<double>::infinity(),
+                    "glu_fused: eps must be finite and at least ", format_g(least),
+                    " (so that eps / ", format_g(format.max), " is a normal float32), got ",
+                    format_g(o.eps));
+  TORCH_CHECK_VALUE(block == 0 || last % block == 0, "glu_fused: granularity '",
+                    o.granularity, "' needs the quantized size to be a multiple of ", block,
+                    ", got ", last);
+  if (o.scale.has_value()) {
+    const at::Tensor& s = *o.scale;
+    TORCH_CHECK_VALUE(per_tensor,
+                      "glu_fused: a static scale is one per tensor (granularity 'tensor'), got "
+                      "granularity '", o.granularity, "'");
+    TORCH_CHECK_VALUE(sd == at::kFloat,
+                      "glu_fused: a static scale is float32: scale_dtype must be float32");
+    TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat && s.sym_numel() == 1 && s.device() == device,
+                      "glu_fused: scale must be a one-element float32 tensor on the input's "
+                      "device, got ", python_dtype(s.scalar_type()), " of shape ",
+                      python_shape(s.sym_sizes()), " on ", s.device());
+  }
+  Fp8Call call{};
+  call.kind = format.kind;
+  const ScaleRule rule = sd == at::kFloat             ? ScaleRule::Float
+                         : o.scale_rounding == "ceil" ? ScaleRule::Pow2Ceil
+                                                      : ScaleRule::Pow2Floor;
+  call.rule = {format.max, format.emax, static_cast<float>(o.eps), rule};
+  call.block = block;  // token and tensor: set by the plan, which knows the sizes
+  call.round_to_input = o.intermediate == "input";
+  return call;
+}
+
+std::vector<c10::SymInt> scale_shape(c10::SymIntArrayRef out_shape, const Fp8Options& o) {
+  if (o.granularity == "tensor") return {c10::SymInt(1)};
+  std::vector<c10::SymInt> shape = out_shape.vec();
+  c10::SymInt blocks = o.granularity == "token" ? c10::SymInt(1) : shape.back() / o.group_size;
+  if (o.scale_dtype == at::kInt) blocks = (blocks + 3) / 4;
+  shape.back() = blocks;
+  return shape;
+}
+
+// The "column" layout's strides for a logical [..., n]: stride 1 along the tokens, one row
+// of the token count padded to a multiple of 4 (`padded`) per block.
+std::vector<c10::SymInt> column_strides(c10::SymIntArrayRef shape, c10::SymInt& padded) {
+  const size_t rank = shape.size();
+  std::vector<c10::SymInt> strides(rank, c10::SymInt(1));
+  c10::SymInt tokens(1);
+  for (size_t i = rank - 1; i-- > 0;) {
+    strides[i] = tokens;
+    tokens = tokens * shape[i];
+  }
+  padded = (tokens + kTokenPad - 1) / kTokenPad * kTokenPad;
+  strides[rank - 1] = padded;
+  return strides;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> fp8_results_meta(const Tensor& like,
+                                                    std::vector<c10::SymInt> out_shape,
+                                                    int64_t dim, const Fp8Options& options) {
+  check_fp8(options, out_shape, dim, like.device());
+  Tensor q = at::empty_symint(out_shape, like.options().dtype(options.out_dtype));
+  const auto shape = scale_shape(out_shape, options);
+  const auto scale_options = like.options().dtype(options.scale_dtype);
+  if (options.scale_layout == "column") {
+    c10::SymInt padded;
+    const auto strides = column_strides(shape, padded);
+    return {q, at::empty_strided_symint(shape, strides, scale_options)};
+  }
+  return {q, at::empty_symint(shape, scale_options)};
+}
+
+Fp8Call Fp8Plan::call() const {
+  Fp8Call out = settings;
+  out.op = inputs.op;
+  out.in = inputs.in;
+  out.gate = inputs.gate.data();
+  out.value = inputs.value.data();
+  out.static_scale = options.scale.has_value() ? options.scale->const_data_ptr<float>() : nullptr;
+  out.q = q.mutable_data_ptr();
+  out.scales = scales.mutable_data_ptr<float>();
+  return out;
+}
+
+Tensor Fp8Plan::result_scales() const {
+  Tensor s = scales;
+  if (options.scale_dtype != at::kFloat) {
+    s = s.to(at::kFloat8_e8m0fnu);
+    if (options.scale_dtype == at::kInt) {
+      Tensor raw = s.view(at::kByte);
+      const int64_t pad = (4 - raw.size(-1) % 4) % 4;
+      if (pad) {
+        auto shape = raw.sizes().vec();
+        shape.back() = pad;
+        raw = at::cat({raw, at::zeros(shape, raw.options())}, -1);
+      }
+      s = raw.contiguous().view(at::kInt);
+    }
+  }
+  if (options.scale_layout != "column") return s;
+  c10::SymInt padded;
+  const auto strides = column_strides(s.sym_sizes(), padded);
+  const int64_t n = s.size(-1);
+  const int64_t tokens = s.numel() / std::max<int64_t>(n, 1);
+  Tensor store = at::zeros({n, padded.expect_int()}, s.options());
+  store.narrow(1, 0, tokens).copy_(s.reshape({tokens, n}).t());
+  return store.as_strided(s.sizes(), c10::asIntArrayRefUnchecked(strides));
+}
+
+namespace {
+
+// The plan's results and settings once its inputs are laid out; an empty q needs no kernel,
+// but its scales still follow the rule (a block of no elements has amax 0).
+void finish_fp8_plan(Fp8Plan& plan, const Tensor& like, c10::IntArrayRef out_shape) {
+  const Fp8Options& o = plan.options;
+  plan.q = at::empty(out_shape, like.options().dtype(o.out_dtype));
+  const int64_t last = out_shape.back();
+  if (o.granularity == "tensor") {
+    plan.settings.block = 0;
+  } else if (o.granularity == "token") {
+    plan.settings.block = last;
+  }
+  std::vector<int64_t> shape = {1};
+  if (o.granularity != "tensor") {
+    shape = out_shape.vec();
+    shape.back() = o.granularity == "token" ? 1 : last / o.group_size;
+  }
+  plan.scales = at::empty(shape, like.options().dtype(at::kFloat));
+  if (!plan.empty()) return;
+  if (o.scale.has_value()) {
+    plan.scales.copy_(o.scale->reshape({1}));
+  } else {
+    plan.scales.fill_(plan.settings.rule.scale(0.0f));
+  }
+}
+
+}  // namespace
+
+Fp8Plan plan_glu_forward_fp8(const Tensor& x, int64_t dim, std::string_view function,
+                             std::string_view layout, double alpha, double limit,
+                             const Fp8Options& options) {
+  const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
+  const auto out_shape = halved_shape(x, args.dim);
+  Fp8Plan plan;
+  plan.options = options;
+  plan.settings = check_fp8(options, out_shape, args.dim, x.device());
+  plan.inputs.op = args.op;
+  finish_fp8_plan(plan, x, c10::asIntArrayRefUnchecked(out_shape));
+  if (plan.empty()) return plan;
+  const Pairs pairs = packed_pairs(x, args.dim, args.interleaved, args.function->gate_is_second);
+  plan.inputs.in = pairs.layout;
+  plan.inputs.gate = {pairs.base, pairs.gate_offset};
+  plan.inputs.value = {pairs.base, pairs.value_offset};
+  TORCH_INTERNAL_ASSERT(plan.settings.block == 0 || plan.inputs.in.run_len % plan.settings.block == 0);
+  return plan;
+}
+
+Fp8Plan plan_gated_forward_fp8(const Tensor& gate_in, const Tensor& value_in,
+                               std::string_view activation, const Fp8Options& options) {
+  Fp8Plan plan;
+  plan.inputs.op = check_gated(gate_in, value_in, activation);
+  plan.options = options;
+  TORCH_CHECK_VALUE(gate_in.dim() > 0, "glu_fused: FP8 output is quantized along the last "
+                    "dim; a 0-dimensional tensor has none");
+  plan.settings = check_fp8(options, gate_in.sym_sizes(), gate_in.dim() - 1, gate_in.device());
+  finish_fp8_plan(plan, gate_in, gate_in.sizes());
+  if (plan.empty()) return plan;
+  Tensor gate = gate_in, value = value_in;
+  plan.inputs.in = gated_layout(gate, value);
+  plan.inputs.gate = {gate};
+  plan.inputs.value = {value};
+  TORCH_INTERNAL_ASSERT(plan.settings.block == 0 || plan.inputs.in.run_len % plan.settings.block == 0);
   return plan;
 }
 

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -91,5 +92,44 @@ BackwardPlan plan_gated_backward(const at::Tensor& grad_out, const at::Tensor& g
 // the even and odd positions of a packed projection).
 BackwardPlan plan_gated_backward_in_place(const at::Tensor& grad_out, const at::Tensor& gate,
                                          const at::Tensor& value, std::string_view activation);
+
+// ---- FP8 output (docs/contract.md, "FP8 output") ------------------------------------------
+
+// The FP8 arguments as the ops take them (glu_fused/_fp8.py, Fp8Args, fills the defaults).
+struct Fp8Options {
+  at::ScalarType out_dtype;
+  std::string_view granularity;
+  int64_t group_size;
+  at::ScalarType scale_dtype;
+  std::string_view scale_rounding;
+  std::string_view scale_layout;
+  std::string_view intermediate;
+  double eps;
+  std::optional<at::Tensor> scale;
+};
+
+// A quantized forward planned: the inputs as the plain forward reads them, q, and the
+// kernels' float32 scales, which `result_scales` turns into the scale dtype and layout.
+struct Fp8Plan {
+  ForwardPlan inputs;  // inputs.out stays undefined
+  Fp8Options options;
+  Fp8Call settings;    // the call's kind, rule, block and rounding
+  at::Tensor q;
+  at::Tensor scales;   // float32, dense: [..., n_blocks] or [1]
+  bool empty() const { return q.numel() == 0; }
+  Fp8Call call() const;
+  at::Tensor result_scales() const;
+};
+
+Fp8Plan plan_glu_forward_fp8(const at::Tensor& x, int64_t dim, std::string_view function,
+                             std::string_view layout, double alpha, double limit,
+                             const Fp8Options& options);
+Fp8Plan plan_gated_forward_fp8(const at::Tensor& gate, const at::Tensor& value,
+                               std::string_view activation, const Fp8Options& options);
+
+// Meta: (q, scales) of the right shapes, strides and dtypes after the same checks.
+std::tuple<at::Tensor, at::Tensor> fp8_results_meta(const at::Tensor& like,
+                                                    std::vector<c10::SymInt> out_shape,
+                                                    int64_t dim, const Fp8Options& options);
 
 }  // namespace glu_fused

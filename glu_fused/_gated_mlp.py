@@ -43,8 +43,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import backends, functional, reference
+from . import _fp8, backends, functional, reference
 from ._table import packed_of
+
+# The FP8 type of the blocks' FP8 GEMMs (e4m3: the forward's, as in FP8 training recipes).
+FP8_DTYPE = torch.float8_e4m3fn
 
 
 @dataclass(frozen=True)
@@ -56,21 +59,40 @@ class Block:
     activation: str
     layout: str | None
     recompute: bool = False
+    # The down projection's input quantized to FP8 ("tensor" or "token": the granularity of
+    # h and, per tensor or per row, of the down weight), its GEMM run in FP8; None: not.
+    fp8: str | None = None
 
     def split(self, gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of the gate and up parts of a fused projection's output."""
         return reference.split(gate_up, gate_up.dim() - 1, self.layout == "interleaved")
 
     def activate(
-        self, gate: torch.Tensor, up: torch.Tensor, gate_up: torch.Tensor | None
+        self, gate: torch.Tensor, up: torch.Tensor, gate_up: torch.Tensor | None, **fp8
     ) -> torch.Tensor:
-        """act(gate) * up: the packed op where the fused projection has one, else `gated`."""
+        """act(gate) * up: the packed op where the fused projection has one, else `gated`;
+        `fp8`: the FP8 keywords ((q, scale) then)."""
         packed = packed_of(self.activation) if gate_up is not None else None
         if packed is not None:
             return getattr(functional, packed.public)(
-                gate_up, layout=self.layout, **dict(packed.options)
+                gate_up, layout=self.layout, **dict(packed.options), **fp8
             )
-        return functional.gated(gate, up, self.activation)
+        return functional.gated(gate, up, self.activation, **fp8)
+
+    def down(self, projections, w_down, b_down) -> torch.Tensor:
+        """The down projection of act(gate) * up: in the input's dtype, or (fp8) h quantized
+        by the fused kernel and the GEMM in FP8 (torch._scaled_mm), the weight quantized per
+        tensor or per row, the result in the input's dtype."""
+        if self.fp8 is None:
+            return F.linear(self.activate(*_gate_and_up(projections, self)), w_down, b_down)
+        w_q, w_scale = _fp8.quantize_weight(w_down, "tensor" if self.fp8 == "tensor" else "row")
+        return self.down_quantized(projections, w_q, w_scale, b_down)
+
+    def down_quantized(self, projections, w_q, w_scale, b_down) -> torch.Tensor:
+        """down() with the weight already quantized (_fp8.quantize_weight's (q, scale))."""
+        parts = _gate_and_up(projections, self)
+        q, scale = self.activate(*parts, out_dtype=FP8_DTYPE, granularity=self.fp8)
+        return _fp8.scaled_linear(q, scale, w_q, w_scale, b_down, projections[0].dtype)
 
 
 def applies(modules, x: torch.Tensor) -> bool:
@@ -145,7 +167,7 @@ class LeanGatedMLP(torch.autograd.Function):
         n = len(params) // 2
         weights, biases = params[:n], params[n:]
         projections = _project(x, weights, biases, block)
-        h = block.activate(*_gate_and_up(projections, block))
+        out = block.down(projections, w_down, b_down)
         ctx.block, ctx.n = block, n
         kept = () if block.recompute else projections
         if torch.compiler.is_compiling():  # AOTAutograd keeps what the graph saves
@@ -154,7 +176,7 @@ class LeanGatedMLP(torch.autograd.Function):
         else:
             ctx.save_for_backward(x, w_down, *weights, *biases)
             ctx.packed = _pack(kept) if kept and any(ctx.needs_input_grad[1:]) else None
-        return F.linear(h, w_down, b_down)
+        return out
 
     @staticmethod
     def backward(ctx, dy):

@@ -21,6 +21,7 @@ Registered here, for both families:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from torch._ops import OpOverload
 
-from . import reference
+from . import _fp8, reference
 from ._derivatives import gated_double_backward, packed_double_backward
 from ._extension import _C
 
@@ -242,3 +243,45 @@ def transforms_active() -> bool:
         torch.autograd.forward_ad._current_level >= 0
         or torch._C._functorch.peek_interpreter_stack() is not None
     )
+
+
+# ---- FP8 output (glu_forward_fp8, gated_forward_fp8) ---------------------------------------
+# The native family's ops are fused on the CPU (csrc/cpu/glu_cpu.cpp). Where no fused kernel
+# exists yet (CUDA, the Triton family) they run the plain kernel and quantize its result by
+# the rule in PyTorch, which gives the same bits, and say so once.
+
+
+def _unfused_packed_fp8(forward, where, x, dim, function, layout, alpha, limit, *fp8_args):
+    _, _, args, scale = reference.check_packed_fp8(x, dim, function, layout, fp8_args)
+    _fp8.warn_unfused(where)
+    y = forward(_fp8.forward_input(x, args), dim, function, layout, alpha, limit)
+    return _fp8.quantize(y, args, scale)
+
+
+def _unfused_gated_fp8(forward, where, gate, value, activation, *fp8_args):
+    args, scale = reference.check_gated_fp8(gate, value, activation, fp8_args)
+    _fp8.warn_unfused(where)
+    y = forward(_fp8.forward_input(gate, args), _fp8.forward_input(value, args), activation)
+    return _fp8.quantize(y, args, scale)
+
+
+_lib.impl(
+    "glu_forward_fp8",
+    functools.partial(_unfused_packed_fp8, _ops.glu_forward.default, "the cuda backend"),
+    "CUDA",
+)
+_lib.impl(
+    "gated_forward_fp8",
+    functools.partial(_unfused_gated_fp8, _ops.gated_forward.default, "the cuda backend"),
+    "CUDA",
+)
+
+# Family -> its FP8 calls: (packed, gated), taking the ops' arguments.
+FP8: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    name: (
+        functools.partial(_unfused_packed_fp8, PACKED[name].forward, f"the {name} backend"),
+        functools.partial(_unfused_gated_fp8, GATED[name].forward, f"the {name} backend"),
+    )
+    for name in FAMILIES
+}
+FP8["native"] = (_ops.glu_forward_fp8.default, _ops.gated_forward_fp8.default)

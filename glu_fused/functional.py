@@ -15,9 +15,12 @@ the Python route: the backend chosen by glu_fused.backends.route.
 
 from __future__ import annotations
 
-import torch
+from typing import TypedDict
 
-from . import _checks, backends
+import torch
+from typing_extensions import Unpack
+
+from . import _checks, _fp8, backends
 from ._extension import _C
 from ._table import DEFAULT_ALPHA, DEFAULT_LIMIT
 
@@ -31,6 +34,67 @@ _fast_gated = _python_route_only if _C is None else _C.gated_forward
 _is_compiling = torch.compiler.is_compiling
 
 
+class Fp8Options(TypedDict, total=False):
+    """The FP8 output's options, with `out_dtype` an FP8 type (docs/contract.md, "FP8
+    output"): `granularity` "tensor" (static with `scale=`), "token" (the default without
+    one), "group" (1 x `group_size`, 128 or 64) or "mx" (1 x 32); `scale_dtype` float32,
+    float8_e8m0fnu or int32 (E8M0 packed four to a word); `scale_rounding` "ceil" or
+    "floor" (power-of-two scales); `scale_layout` "row" or "column"; `intermediate`
+    "input" (the activation rounded to x's dtype first, as the unfused code) or "float32";
+    `eps` (1e-10); `scale`, a static one-element float32 tensor."""
+
+    granularity: str
+    group_size: int
+    scale_dtype: torch.dtype
+    scale_rounding: str
+    scale_layout: str
+    intermediate: str
+    eps: float
+    scale: torch.Tensor
+
+
+# A plain result, or (q, scale) with an FP8 out_dtype.
+Result = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _fp8_op_args(
+    tensors: tuple[torch.Tensor, ...], out_dtype: torch.dtype | None, options: dict
+) -> tuple | None:
+    """None for a plain call; else the FP8 ops' trailing arguments, the keywords checked."""
+    x = tensors[0]
+    unexpected = sorted(set(options) - set(_fp8.OPTION_NAMES))
+    if unexpected:
+        raise TypeError(f"glu_fused: unexpected keyword argument(s) {', '.join(unexpected)}")
+    if out_dtype is None or out_dtype == x.dtype:
+        if options:
+            raise ValueError(
+                f"glu_fused: {', '.join(sorted(options))} apply to an FP8 out_dtype "
+                f"(torch.float8_e4m3fn, ...), got out_dtype={out_dtype}"
+            )
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError(
+            "glu_fused: an FP8 result cannot carry a gradient (autograd would cast it to FP8), "
+            "so a call with out_dtype FP8 does not record a graph: run it under "
+            "torch.no_grad() or torch.inference_mode(); to train with an FP8 down "
+            "projection, use glu_fused.nn.GatedMLP(..., fp8='token'), whose backward runs "
+            "in the input's dtype"
+        )
+    scale = options.get("scale")
+    args = _fp8.resolve(
+        out_dtype,
+        options.get("granularity"),
+        options.get("group_size"),
+        options.get("scale_dtype"),
+        options.get("scale_rounding"),
+        options.get("scale_layout", "row"),
+        options.get("intermediate", "input"),
+        options.get("eps"),
+        scale,
+    )
+    return (*args.as_op_args(), scale)
+
+
 def _device_type(t: object, name: str) -> str:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"glu_fused: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -38,10 +102,24 @@ def _device_type(t: object, name: str) -> str:
 
 
 def packed(
-    x: torch.Tensor, dim: int, function: str, layout: str, alpha: float, limit: float
-) -> torch.Tensor:
+    x: torch.Tensor,
+    dim: int,
+    function: str,
+    layout: str,
+    alpha: float,
+    limit: float,
+    out_dtype: torch.dtype | None = None,
+    fp8: dict | None = None,
+) -> Result:
     """The glu_forward op's call: `function` (a name of glu_fused._table.PACKED_FUNCTIONS)
-    of `x` split along `dim` in `layout`, by the backend in force."""
+    of `x` split along `dim` in `layout`, by the backend in force; with an FP8 `out_dtype`
+    the glu_forward_fp8 op's, `fp8` its options (Fp8Options)."""
+    if out_dtype is not None or fp8:
+        device_type = _device_type(x, "x")
+        op_args = _fp8_op_args((x,), out_dtype, fp8 or {})
+        if op_args is not None:
+            backend = backends.route(device_type)
+            return backend.packed_fp8(x, dim, function, layout, alpha, limit, *op_args)
     if not _is_compiling():
         out = _fast_packed(x, dim, function, layout, alpha, limit)
         if out is not NotImplemented:
@@ -49,42 +127,72 @@ def packed(
     return backends.route(_device_type(x, "x")).packed(x, dim, function, layout, alpha, limit)
 
 
-def glu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
+def glu(
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    layout: str = "halves",
+    out_dtype: torch.dtype | None = None,
+    **fp8: Unpack[Fp8Options],
+) -> Result:
     r"""Gated linear unit: :math:`x_1 \cdot \sigma(x_2)`, the same as ``F.glu``.
 
     Args:
         x: the packed input; its size along ``dim`` is even.
         dim: the dim to split (negative counts from the end).
         layout: ``"halves"`` or ``"interleaved"``.
+        out_dtype: None (x's dtype), or an FP8 type: the result quantized in the same
+            pass, returned as ``(q, scale)`` with ``q * scale`` approximating it
+            (``fp8``: the options of :class:`Fp8Options`). Every function takes these.
 
     Example:
         >>> glu_fused.glu(torch.randn(4, 8)).shape
         torch.Size([4, 4])
     """
-    return packed(x, dim, "glu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT)
+    return packed(x, dim, "glu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8)
 
 
-def swiglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
+def swiglu(
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    layout: str = "halves",
+    out_dtype: torch.dtype | None = None,
+    **fp8: Unpack[Fp8Options],
+) -> Result:
     r"""SwiGLU: :math:`\mathrm{silu}(x_1) \cdot x_2`, with
     :math:`\mathrm{silu}(a) = a \, \sigma(a)`."""
-    return packed(x, dim, "swiglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT)
+    return packed(x, dim, "swiglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8)
 
 
 def geglu(
-    x: torch.Tensor, dim: int = -1, *, approximate: str = "none", layout: str = "halves"
-) -> torch.Tensor:
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    approximate: str = "none",
+    layout: str = "halves",
+    out_dtype: torch.dtype | None = None,
+    **fp8: Unpack[Fp8Options],
+) -> Result:
     r"""GeGLU: :math:`\mathrm{gelu}(x_1) \cdot x_2`.
 
     ``approximate="none"``: :math:`\mathrm{gelu}(a) = \tfrac{a}{2}(1 + \mathrm{erf}(a/\sqrt{2}))`;
     ``"tanh"``: :math:`\tfrac{a}{2}(1 + \tanh(\sqrt{2/\pi}\,(a + 0.044715 a^3)))`.
     """
     function = _checks.geglu_function(approximate)
-    return packed(x, dim, function, layout, DEFAULT_ALPHA, DEFAULT_LIMIT)
+    return packed(x, dim, function, layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8)
 
 
-def reglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
+def reglu(
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    layout: str = "halves",
+    out_dtype: torch.dtype | None = None,
+    **fp8: Unpack[Fp8Options],
+) -> Result:
     r"""ReGLU: :math:`\max(x_1, 0) \cdot x_2`."""
-    return packed(x, dim, "reglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT)
+    return packed(x, dim, "reglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8)
 
 
 def clamped_swiglu(
@@ -94,21 +202,37 @@ def clamped_swiglu(
     alpha: float = DEFAULT_ALPHA,
     limit: float = DEFAULT_LIMIT,
     layout: str = "interleaved",
-) -> torch.Tensor:
+    out_dtype: torch.dtype | None = None,
+    **fp8: Unpack[Fp8Options],
+) -> Result:
     r"""The clamped SwiGLU of gpt-oss.
 
     :math:`g = \min(x_1, \mathrm{limit})`, :math:`l = \mathrm{clamp}(x_2, -\mathrm{limit},
     \mathrm{limit})`, result :math:`g \, \sigma(\alpha g) \, (l + 1)`. Interleaved by default,
     as gpt-oss packs its gate and up projections.
     """
-    return packed(x, dim, "clamped_swiglu", layout, alpha, limit)
+    return packed(x, dim, "clamped_swiglu", layout, alpha, limit, out_dtype, fp8)
 
 
-def gated(gate: torch.Tensor, value: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+def gated(
+    gate: torch.Tensor,
+    value: torch.Tensor,
+    activation: str = "silu",
+    *,
+    out_dtype: torch.dtype | None = None,
+    **fp8: Unpack[Fp8Options],
+) -> Result:
     r""":math:`\mathrm{act}(\mathrm{gate}) \cdot \mathrm{value}` for two tensors of one shape.
 
     ``activation`` is ``"sigmoid"``, ``"silu"``, ``"gelu"``, ``"gelu_tanh"`` or ``"relu"``.
+    With an FP8 ``out_dtype``, ``(q, scale)`` as for the packed functions.
     """
+    if out_dtype is not None or fp8:
+        device_type = _device_type(gate, "gate")
+        _device_type(value, "value")
+        op_args = _fp8_op_args((gate, value), out_dtype, fp8)
+        if op_args is not None:
+            return backends.route(device_type).gated_fp8(gate, value, activation, *op_args)
     if not _is_compiling():
         out = _fast_gated(gate, value, activation)
         if out is not NotImplemented:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import _checks, _gated_mlp, _table, functional, reference
+from . import _checks, _fp8, _gated_mlp, _table, functional, reference
 
 
 class GLU(nn.Module):
@@ -161,6 +161,10 @@ class GatedMLP(nn.Module):
             (default) keeps x and the gate/up projection; ``"projection"`` keeps only x and
             recomputes the projection in backward (one more matmul; a checkpointed MLP's
             memory, without ``torch.utils.checkpoint`` or a second activation pass).
+        fp8: None (default), or ``"tensor"`` or ``"token"``: the down projection's input
+            quantized to float8_e4m3fn by the fused kernel (per tensor or per token), and its
+            GEMM run in FP8 (``torch._scaled_mm``, the weight quantized per tensor or per row
+            each call); backward is unchanged, in the input's dtype. FP8 training's forward.
         lean: True (default): forward, activation and backward as one autograd function that
             keeps x + 2h elements per token (x alone with ``recompute``; an eager MLP keeps
             x + 4h), whose backward writes h over the gradient of h and the projection's
@@ -217,21 +221,50 @@ class GatedMLP(nn.Module):
         layout: str = "halves",
         recompute: str | None = None,
         lean: bool = True,
+        fp8: str | None = None,
     ) -> None:
         super().__init__()
-        if recompute not in RECOMPUTE:
-            raise ValueError(
-                f"glu_fused: unknown recompute {recompute!r}; expected one of {RECOMPUTE}"
-            )
+        self._options = {}
         self.activation = activation
         self.layout = layout
         self.recompute = recompute
+        self.fp8 = fp8
         self.lean = lean
-        self._act = _fused_activation(activation, layout)
-        self._block = _gated_mlp.Block(activation, layout, recompute == "projection")
         factory = {"device": device, "dtype": dtype}
         self.gate_up = nn.Linear(in_features, 2 * hidden_features, bias=bias, **factory)
         self.down = nn.Linear(hidden_features, out_features or in_features, bias=bias, **factory)
+
+    # activation, layout and recompute take effect however they are set (in __init__ or
+    # after it): each change rebuilds the activation and the lean block from all three.
+    def _option(name: str, check=None):  # noqa: N805 - a property factory, not a method
+        def get(self):
+            return self._options[name]
+
+        def set_(self, value):
+            if check is not None:
+                check(value)
+            self._options[name] = value
+            if len(self._options) == 4:
+                o = self._options
+                self._act = _fused_activation(o["activation"], o["layout"])
+                projection = o["recompute"] == "projection"
+                self._block = _gated_mlp.Block(o["activation"], o["layout"], projection, o["fp8"])
+
+        return property(get, set_)
+
+    def _check_recompute(value):  # noqa: N805
+        if value not in RECOMPUTE:
+            raise ValueError(f"glu_fused: unknown recompute {value!r}; expected one of {RECOMPUTE}")
+
+    def _check_fp8(value):  # noqa: N805
+        if value is not None:
+            _fp8.check_gemm_granularity(value)
+
+    activation = _option("activation")
+    layout = _option("layout")
+    recompute = _option("recompute", _check_recompute)
+    fp8 = _option("fp8", _check_fp8)
+    del _option, _check_recompute, _check_fp8
 
     @property
     def hidden_features(self) -> int:
@@ -241,6 +274,8 @@ class GatedMLP(nn.Module):
         _gated_mlp.check_input(x, self.gate_up.weight)
         if self.lean and _gated_mlp.applies((self.gate_up, self.down), x):
             return _gated_mlp.apply_linears(self._block, x, (self.gate_up,), self.down)
+        if self.fp8 is not None:  # the same FP8 forward, outside the lean block (no_grad)
+            return self._block.down([self.gate_up(x)], self.down.weight, self.down.bias)
         return self.down(self._act(self.gate_up(x)))
 
     def projections(
@@ -268,7 +303,14 @@ class GatedMLP(nn.Module):
 
     @classmethod
     def from_mlp(
-        cls, mlp: nn.Module, activation: str | None = None, *, layout: str = "halves"
+        cls,
+        mlp: nn.Module,
+        activation: str | None = None,
+        *,
+        layout: str = "halves",
+        recompute: str | None = None,
+        lean: bool = True,
+        fp8: str | None = None,
     ) -> GatedMLP:
         """A GatedMLP computing what ``mlp`` computes, from a module with ``nn.Linear``
         attributes ``gate_proj``, ``up_proj`` and ``down_proj`` (transformers' ``LlamaMLP``,
@@ -276,7 +318,8 @@ class GatedMLP(nn.Module):
 
         The weights are copied (``mlp`` is left as it is), on their device and in their dtype.
         ``activation``: if None, inferred from ``mlp.act_fn`` where there is one
-        (see ``infer_activation``), else ``"silu"``.
+        (see ``infer_activation``), else ``"silu"``. ``layout``, ``recompute``, ``lean`` and
+        ``fp8`` as the constructor takes them.
         """
         gate, up, down = _unfused_linears(mlp)
         if activation is None:
@@ -291,6 +334,9 @@ class GatedMLP(nn.Module):
             device=gate.weight.device,
             dtype=gate.weight.dtype,
             layout=layout,
+            recompute=recompute,
+            lean=lean,
+            fp8=fp8,
         )
         state = {
             f"{name}.{kind}": tensor
@@ -327,6 +373,9 @@ class GatedMLP(nn.Module):
             device=weight.device,
             dtype=weight.dtype,
             layout=self.layout,
+            recompute=self.recompute,
+            lean=self.lean,
+            fp8=self.fp8,
         )
         gate_w, up_w, gate_b, up_b = self.projections()
         state = {
@@ -394,3 +443,73 @@ def _fuse_unfused_keys(state_dict: dict, prefix: str, layout: str) -> None:
         down_key = f"{prefix}down_proj.{kind}"
         if down_key in state_dict:
             state_dict[f"{prefix}down.{kind}"] = state_dict.pop(down_key)
+
+
+class FP8GatedMLP(nn.Module):
+    r"""A GatedMLP for FP8 inference: x quantized to float8_e4m3fn, the gate and up projection
+    as one FP8 GEMM, the fused activation and quantization, the down projection as an FP8 GEMM,
+    the result in x's dtype. Build it with :meth:`from_float`.
+
+    ``granularity``: the activations' scales, ``"token"`` (one per row) or ``"tensor"``;
+    ``weight_granularity``: the weights', ``"tensor"`` or ``"row"`` (one per output). The
+    GEMMs are ``torch._scaled_mm``, which scales per tensor or per row, on the CPU too.
+    Not differentiable (its weights are FP8 buffers).
+    """
+
+    def __init__(
+        self,
+        mlp: GatedMLP,
+        granularity: str = "token",
+        weight_granularity: str = "tensor",
+    ) -> None:
+        super().__init__()
+        _fp8.check_gemm_granularity(granularity)
+        self.activation, self.layout = mlp.activation, mlp.layout
+        self.granularity, self.weight_granularity = granularity, weight_granularity
+        self.in_features = mlp.gate_up.in_features
+        self._block = _gated_mlp.Block(mlp.activation, mlp.layout, fp8=granularity)
+        for name, linear in (("gate_up", mlp.gate_up), ("down", mlp.down)):
+            q, scale = _fp8.quantize_weight(linear.weight, weight_granularity)
+            self.register_buffer(f"{name}_q", q)
+            self.register_buffer(f"{name}_scale", scale)
+            bias = None if linear.bias is None else linear.bias.detach().clone()
+            self.register_buffer(f"{name}_bias", bias)
+
+    @classmethod
+    def from_float(
+        cls, mlp: nn.Module, granularity: str = "token", weight_granularity: str = "tensor"
+    ) -> FP8GatedMLP:
+        """From a GatedMLP, or a LLaMA-style MLP (as GatedMLP.from_mlp takes it)."""
+        if not isinstance(mlp, GatedMLP):
+            mlp = GatedMLP.from_mlp(mlp)
+        return cls(mlp, granularity, weight_granularity)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"glu_fused: FP8GatedMLP takes inputs of {self.in_features} features (the "
+                f"last dim), got shape {tuple(x.shape)}"
+            )
+        args = _fp8.resolve(
+            _gated_mlp.FP8_DTYPE,
+            self.granularity,
+            None,
+            None,
+            None,
+            "row",
+            "float32",
+            None,
+            None,
+        )
+        xq, xs = _fp8.quantize(x, args)
+        gate_up = _fp8.scaled_linear(
+            xq, xs, self.gate_up_q, self.gate_up_scale, self.gate_up_bias, x.dtype
+        )
+        return self._block.down_quantized([gate_up], self.down_q, self.down_scale, self.down_bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, activation={self.activation!r}, "
+            f"granularity={self.granularity!r}, weight_granularity={self.weight_granularity!r}"
+        )

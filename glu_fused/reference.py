@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import _checks
+from . import _checks, _fp8
 from ._table import DEFAULT_ALPHA, DEFAULT_LIMIT, PACKED_FUNCTIONS
 
 
@@ -163,3 +163,42 @@ def gated(gate: torch.Tensor, value: torch.Tensor, activation: str = "silu") -> 
     _checks.gated_args(gate, value, activation)
     out = ACTIVATIONS[activation](opmath(gate)) * opmath(value)
     return out.to(gate.dtype).contiguous()
+
+
+# ---- FP8 output: the activation, then the rule of glu_fused/_fp8.py -----------------------
+
+
+def check_packed_fp8(x, dim, function, layout, fp8_args):
+    """The glu_forward_fp8 op's checks, in its order: (dim, interleaved, Fp8Args, scale)."""
+    args, scale = _fp8.from_op_args(fp8_args)
+    d, interleaved = _checks.packed_args(x, dim, function, layout)
+    out_shape = (*x.shape[:d], x.shape[d] // 2, *x.shape[d + 1 :])
+    _fp8.check(args, out_shape, d, scale, x.device)
+    return d, interleaved, args, scale
+
+
+def check_gated_fp8(gate, value, activation, fp8_args):
+    """The gated_forward_fp8 op's checks, in its order: (Fp8Args, scale)."""
+    args, scale = _fp8.from_op_args(fp8_args)
+    _checks.gated_args(gate, value, activation)
+    if gate.dim() == 0:
+        raise ValueError(
+            "glu_fused: FP8 output is quantized along the last dim; a 0-dimensional tensor has none"
+        )
+    _fp8.check(args, tuple(gate.shape), gate.dim() - 1, scale, gate.device)
+    return args, scale
+
+
+def packed_fp8(x, dim, function, layout, alpha, limit, *fp8_args):
+    """The glu_forward_fp8 op's call: (q, scale) of the packed `function` of x."""
+    d, interleaved, args, scale = check_packed_fp8(x, dim, function, layout, fp8_args)
+    x1, x2 = split(opmath(x), d, interleaved)
+    y = _packed_math(x1, x2, function, alpha, limit)
+    return _fp8.quantize(y.to(x.dtype) if args.intermediate == "input" else y, args, scale)
+
+
+def gated_fp8(gate, value, activation, *fp8_args):
+    """The gated_forward_fp8 op's call: (q, scale) of act(gate) * value."""
+    args, scale = check_gated_fp8(gate, value, activation, fp8_args)
+    y = ACTIVATIONS[activation](opmath(gate)) * opmath(value)
+    return _fp8.quantize(y.to(gate.dtype) if args.intermediate == "input" else y, args, scale)

@@ -1,4 +1,5 @@
-"""examples/train_tiny_lm.py runs, and its unfused and fused loss curves agree."""
+"""examples/train_tiny_lm.py runs, and its unfused and fused loss curves agree (within FP8's
+tolerance with --fp8)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,21 @@ def test_train_tiny_lm_curves_agree(variant):
     # GatedMLP keeps x and its projection (x alone with --recompute), the unfused MLP its
     # intermediates too.
     assert 0 < fused_saved < ref_saved and 0 < fused_peak <= ref_peak
+
+
+def test_train_tiny_lm_with_an_fp8_down_projection_tracks_the_unfused_curve():
+    """--fp8 token: the down projection's GEMM in FP8 (the fused activation + quantization),
+    backward unchanged; the loss still falls and stays within the FP8 tolerance of the
+    unfused curve, yet differs from it (the FP8 path ran)."""
+    result = _run("--log-every", "1", "--fp8", "token")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "FP8 down projection (token)" in out
+    rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.e+-]+)$", out, re.MULTILINE)
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
+    assert float(rows[0][2]) > float(rows[-1][2]), "five steps should lower the loss"
+    diffs = [abs(float(ref) - float(fused)) for _, ref, fused, _ in rows]
+    assert max(diffs) < 5e-2 and max(diffs) > 0
 
 
 def test_train_tiny_lm_fails_when_the_curves_differ():

@@ -143,6 +143,39 @@ def test_from_mlp_activation_is_inferred_or_given():
     assert GatedMLP.from_mlp(unfused).activation == "silu"
 
 
+def _saved_elements(mlp: GatedMLP) -> int:
+    """Elements autograd keeps for a forward of mlp (weights included)."""
+    count = [0]
+
+    def pack(t):
+        count[0] += t.numel()
+        return t
+
+    x = torch.randn(4, IN, dtype=torch.float64, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mlp(x)
+    return count[0]
+
+
+def test_options_take_effect_however_they_are_set():
+    """recompute, activation and layout set after construction act as if given to it."""
+    unfused = UnfusedMLP(F.silu)
+    mlp = GatedMLP.from_mlp(unfused)
+    built = GatedMLP.from_mlp(unfused, recompute="projection", lean=True)
+    assert built.recompute == "projection" and built.lean
+    kept = _saved_elements(mlp)
+    mlp.recompute = "projection"
+    assert _saved_elements(mlp) == _saved_elements(built) < kept, "recompute set later ignored"
+    mlp.activation = "gelu"
+    x = torch.randn(5, IN, dtype=torch.float64)
+    expected = mlp.down(reference.gated(*mlp.gate_up(x).chunk(2, -1), "gelu"))
+    torch.testing.assert_close(mlp(x), expected)
+    with pytest.raises(ValueError, match="unknown recompute"):
+        mlp.recompute = "everything"
+    assert GatedMLP.from_mlp(unfused, lean=False).lean is False
+    assert mlp.shard(0, 2).recompute == "projection"
+
+
 def test_from_mlp_rejects_what_is_not_a_gated_mlp():
     with pytest.raises(TypeError, match="gate_proj, up_proj and down_proj"):
         GatedMLP.from_mlp(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 4)))

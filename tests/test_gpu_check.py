@@ -25,7 +25,7 @@ import sanitize_driver  # noqa: E402
 def test_tiny_run_passes_every_stage_and_writes_its_report(tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("OUT", str(out))
-    stages = ["environment", "wheels", "tests", "sanitizer", "bench", "overhead"]
+    stages = ["environment", "wheels", "tests", "sanitizer", "bench", "fp8", "overhead"]
     code = gpu_check.main(["--tiny", "--out", str(tmp_path / "results"), "--only", *stages])
     report = (tmp_path / "results" / "gpu-check.md").read_text()
     assert code == 0, report

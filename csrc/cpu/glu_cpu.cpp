@@ -10,10 +10,16 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Float8_e4m3fn.h>
+#include <c10/util/Float8_e4m3fnuz.h>
+#include <c10/util/Float8_e5m2.h>
+#include <c10/util/Float8_e5m2fnuz.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "../glu_dispatch.h"
 #include "../glu_kernels.h"
@@ -319,6 +325,301 @@ struct BackwardKernel {
   }
 };
 
+// ---- FP8 output -----------------------------------------------------------------------
+
+// A thread's buffer of activations: a block's, or a stretch's in chunks of this many.
+constexpr int64_t kFp8Chunk = 2048;
+
+using VecF = Vectorized<float>;
+using VecI = Vectorized<int32_t>;
+
+// Fp8Rule::nan_max on vectors: the larger of m and |y| lane by lane, a NaN winning.
+C10_ALWAYS_INLINE VecF nan_max(const VecF& m, const VecF& y) {
+  const VecF b = y.abs();
+  return VecF::blendv(m, b, (b > m) | (b != b));
+}
+
+// The lanes' nan_max, by shuffles (every lane is >= 0 or NaN).
+C10_ALWAYS_INLINE float reduce_nan_max(const VecF& m) {
+  return at::vec::vec_reduce_all<float>([](const VecF& a, const VecF& b) { return nan_max(a, b); },
+                                        m);
+}
+
+// y = act(gate) * value of `count` consecutive output elements of one run, as float32 into
+// `y`, through the forward kernel's own vector code (so rounded to scalar_t exactly as the
+// plain result is, where kRound); returns their amax (a NaN among them: NaN).
+template <Activation A, typename scalar_t, bool kPairs, bool kRound>
+struct Activations {
+  using L = Lanes<scalar_t>;
+  using Math = Gated<A, typename L::Compute>;
+  using P = PairLanes<scalar_t>;
+  using opmath_t = typename L::opmath_t;
+  static constexpr int64_t kStride = kPairs ? 2 : 1;
+  static constexpr bool kFloatLanes = std::is_same_v<opmath_t, float>;
+
+  ActParams<typename L::Compute> params;
+  PairLayout in;
+  const scalar_t* gate;
+  const scalar_t* value;
+
+  // Also writes the amax of every `amax_block` elements (a multiple of L::kWidth) to
+  // amaxes; kStore false: the amaxes alone (the per-tensor scale's first pass).
+  template <bool kStore = true>
+  float operator()(int64_t run, int64_t first, int64_t count, float* y, int64_t amax_block = 0,
+                   float* amaxes = nullptr) const {
+    const auto p = params;
+    const int64_t at = in.run_offset(run) + first * kStride;
+    const scalar_t* g = gate + at;
+    const scalar_t* v = value + at;
+    VecF m(0.0f);
+    VecF all(0.0f);
+    int64_t since = 0;
+    auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
+      constexpr bool kFull = decltype(full)::value;
+      const int64_t shift = done * kStride;
+      const auto x = P::template load<kFull, kPairs>(g + shift, v + shift, n);
+      L lanes;
+      for (int j = 0; j < L::K; ++j) lanes.v[j] = Math::forward(x.gate.v[j], x.value.v[j], p);
+      if constexpr (kFloatLanes) {
+        if constexpr (kRound && L::kReduced) {
+          for (int i = 0; i < L::kStorages; ++i) lanes.set(i, lanes.get(i));  // the plain store's rounding
+        }
+        // Lanes past n hold the activation of zero inputs, 0: they leave the amax alone.
+        for (int j = 0; j < L::K; ++j) {
+          m = nan_max(m, lanes.v[j]);
+          if constexpr (!kStore) continue;
+          const int64_t rest = n - j * VecF::size();
+          if (kFull || rest >= VecF::size()) {
+            lanes.v[j].store(y + done + j * VecF::size());
+          } else if (rest > 0) {
+            lanes.v[j].store(y + done + j * VecF::size(), rest);
+          }
+        }
+      } else {  // double: computed in double, then narrowed to float element by element
+        opmath_t exact[L::kWidth];
+        float narrow[L::kWidth] = {};
+        for (int j = 0; j < L::K; ++j) lanes.v[j].store(exact + j * L::Compute::size());
+        for (int64_t i = 0; i < n; ++i) narrow[i] = static_cast<float>(exact[i]);
+        for (int64_t i = 0; i < L::kWidth; i += VecF::size()) m = nan_max(m, VecF::loadu(narrow + i));
+        if constexpr (kStore) std::copy(narrow, narrow + n, y + done);
+      }
+      since += n;
+      if (since == amax_block) {
+        *amaxes++ = reduce_nan_max(m);
+        all = nan_max(all, m);
+        m = VecF(0.0f);
+        since = 0;
+      }
+    };
+    for_each_block_of<L::kWidth>(count, block);
+    return reduce_nan_max(nan_max(all, m));
+  }
+};
+
+// The bits of the FP8 numbers nearest float32 lanes already saturated to the type's range
+// (ties to even; NaN to the type's NaN, its sign kept), as c10's conversions compute them,
+// but without branches. kMantissa: 3 (e4m3fn) or 2 (e5m2); kBias: 7 or 15. Below the least
+// normal, a float add aligns the bits (the hardware rounds half to even).
+template <int kMantissa, int kBias>
+C10_ALWAYS_INLINE VecI fp8_bits(const VecF& f) {
+  constexpr int kShift = 23 - kMantissa;
+  constexpr int32_t kDenormMask = (127 - kBias + kShift + 1) << 23;
+  constexpr int32_t kLeastNormal = (127 - kBias + 1) << 23;
+  const VecI all = at::vec::cast<int32_t>(f);
+  const VecI sign = all & VecI(static_cast<int32_t>(0x80000000u));
+  const VecI b = all ^ sign;
+  const VecI denormal =
+      at::vec::cast<int32_t>(at::vec::cast<float>(b) + at::vec::cast<float>(VecI(kDenormMask))) -
+      VecI(kDenormMask);
+  const VecI normal = (b + VecI(((kBias - 127) << 23) + (1 << (kShift - 1)) - 1) +
+                       ((b >> VecI(kShift)) & VecI(1))) >> VecI(kShift);
+  VecI bits = VecI::blendv(normal, denormal, b < VecI(kLeastNormal));
+  bits = VecI::blendv(bits, VecI(0x7f), b > VecI(0x7f800000));
+  return bits | (sign >> VecI(24));
+}
+
+// The low byte of each of the first k lanes, to out.
+C10_ALWAYS_INLINE void store_low_bytes(const VecI& bits, uint8_t* out, int64_t k) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m128i bytes = _mm512_cvtepi32_epi8(bits);
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i low = _mm256_and_si256(bits, _mm256_set1_epi32(0xff));
+  const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(low),
+                                         _mm256_extracti128_si256(low, 1));
+  const __m128i bytes = _mm_packus_epi16(words, words);
+#endif
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (k == VecI::size()) {
+    std::memcpy(out, &bytes, VecI::size());
+    return;
+  }
+  uint8_t lanes[16];
+  std::memcpy(lanes, &bytes, sizeof lanes);
+  std::copy(lanes, lanes + k, out);
+#else
+  int32_t lanes[VecI::size()];
+  bits.store(lanes);
+  for (int64_t j = 0; j < k; ++j) out[j] = static_cast<uint8_t>(lanes[j]);
+#endif
+}
+
+// q = fp8(saturate(y * r)): e4m3fn and e5m2 on vectors, the ROCm types by c10's conversions.
+template <typename fp8_t>
+void quantize(const float* y, int64_t n, const Fp8Rule& rule, float r, fp8_t* q) {
+  if constexpr (std::is_same_v<fp8_t, c10::Float8_e4m3fn> ||
+                std::is_same_v<fp8_t, c10::Float8_e5m2>) {
+    constexpr bool kE4M3 = std::is_same_v<fp8_t, c10::Float8_e4m3fn>;
+    const VecF top(rule.fp8_max), bottom(-rule.fp8_max), scale(r);
+    auto* out = reinterpret_cast<uint8_t*>(q);
+    for (int64_t i = 0; i < n; i += VecF::size()) {
+      const int64_t k = std::min<int64_t>(n - i, VecF::size());
+      VecF v = (k == VecF::size() ? VecF::loadu(y + i) : VecF::loadu(y + i, k)) * scale;
+      v = VecF::blendv(v, top, v > top);  // NaN fails both tests and stays
+      v = VecF::blendv(v, bottom, v < bottom);
+      const VecI bits = kE4M3 ? fp8_bits<3, 7>(v) : fp8_bits<2, 15>(v);
+      store_low_bytes(bits, out + i, k);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) q[i] = fp8_t(rule.saturate(y[i] * r));
+  }
+}
+
+// Calls f(fp8_t{}) for the call's FP8 type.
+template <typename F>
+void with_fp8_type(Fp8Kind kind, const F& f) {
+  switch (kind) {
+    case Fp8Kind::E4M3:
+      return f(c10::Float8_e4m3fn());
+    case Fp8Kind::E5M2:
+      return f(c10::Float8_e5m2());
+    case Fp8Kind::E4M3Fnuz:
+      return f(c10::Float8_e4m3fnuz());
+    case Fp8Kind::E5M2Fnuz:
+      break;
+  }
+  f(c10::Float8_e5m2fnuz());
+}
+
+// Blocks along the rows, a few at a time: their activations into a buffer with each
+// block's amax, their scales, then their elements quantized from the buffer. Tasks own
+// whole blocks.
+template <typename fp8_t, typename Act>
+void quantize_blocks(const Fp8Call& call, const Act& act) {
+  const int64_t block = call.block;
+  const int64_t per_run = call.in.run_len / block;
+  // Several blocks to one call where each is whole vector blocks, so that every amax is its own.
+  const int64_t group = block % Act::L::kWidth ? 1 : std::max<int64_t>(1, kFp8Chunk / block);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / block);
+  auto* q = static_cast<fp8_t*>(call.q);
+  at::parallel_for(0, call.in.numel() / block, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> y(block * std::min(group, end - begin));
+    std::vector<float> amaxes(group);
+    const Fp8Rule rule = call.rule;
+    for (int64_t b = begin; b < end;) {
+      const int64_t in_run = b % per_run;
+      const int64_t n = std::min({group, end - b, per_run - in_run});
+      act(b / per_run, in_run * block, n * block, y.data(), block, amaxes.data());
+      for (int64_t i = 0; i < n; ++i) {
+        const float s = rule.scale(amaxes[i]);
+        call.scales[b + i] = s;
+        quantize(y.data() + i * block, block, rule, 1.0f / s, q + (b + i) * block);
+      }
+      b += n;
+    }
+  });
+}
+
+// body(start, y, n, amax) for every chunk of at most kFp8Chunk consecutive elements of a run,
+// their activations in y (in `scratch` at their dense offset when it is set, else in a
+// buffer of the task's); kStore false: not written anywhere, the amax alone. Tasks split
+// the elements as the forward kernel's do.
+template <bool kStore, typename Act, typename Body>
+void for_each_chunk(const Fp8Call& call, const Act& act, float* scratch, const Body& body) {
+  const int64_t len = call.in.run_len;
+  at::parallel_for(0, call.in.numel(), kGrainElements, [&](int64_t begin, int64_t end) {
+    float local[kFp8Chunk];
+    for (int64_t at = begin; at < end;) {
+      const int64_t run = at / len;
+      const int64_t first = at % len;
+      const int64_t n = std::min({len - first, end - at, kFp8Chunk});
+      float* y = scratch != nullptr ? scratch + at : local;
+      const float amax = act.template operator()<kStore>(run, first, n, y);
+      body(at, y, n, amax);
+      at += n;
+    }
+  });
+}
+
+// Up to this many elements, the per-tensor scale's first pass keeps the activations (4 bytes
+// each) for the second to quantize; beyond, the second computes them again (the CPU's
+// activation costs more than reading them back, but the buffer would grow with the tensor).
+constexpr int64_t kFp8ScratchElements = int64_t(1) << 22;
+
+// One scale for the tensor: the static one, or the amax of every activation first (a pass
+// of its own; max is exact, so the split over threads cannot change it).
+template <typename fp8_t, typename Act>
+void quantize_tensor(const Fp8Call& call, const Act& act) {
+  auto* q = static_cast<fp8_t*>(call.q);
+  if (call.static_scale != nullptr) {
+    const float s = *call.static_scale;
+    call.scales[0] = s;
+    const float r = 1.0f / s;
+    for_each_chunk<true>(call, act, nullptr, [&](int64_t at, const float* y, int64_t n, float) {
+      quantize(y, n, call.rule, r, q + at);
+    });
+    return;
+  }
+  const int64_t numel = call.in.numel();
+  std::vector<float> kept(numel <= kFp8ScratchElements ? numel : 0);
+  float* scratch = kept.empty() ? nullptr : kept.data();
+  std::vector<float> partial(std::max<int>(1, at::get_num_threads()), 0.0f);
+  const auto amax_of = [&](int64_t, const float*, int64_t, float chunk_amax) {
+    float& m = partial[at::get_thread_num()];
+    m = Fp8Rule::nan_max(m, chunk_amax);
+  };
+  if (scratch != nullptr) {
+    for_each_chunk<true>(call, act, scratch, amax_of);
+  } else {
+    for_each_chunk<false>(call, act, nullptr, amax_of);
+  }
+  float amax = 0.0f;
+  for (float m : partial) amax = Fp8Rule::nan_max(amax, m);
+  const float s = call.rule.scale(amax);
+  call.scales[0] = s;
+  const float r = 1.0f / s;
+  if (scratch != nullptr) {
+    at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
+      quantize(scratch + begin, end - begin, call.rule, r, q + begin);
+    });
+    return;
+  }
+  for_each_chunk<true>(call, act, nullptr, [&](int64_t at, const float* y, int64_t n, float) {
+    quantize(y, n, call.rule, r, q + at);
+  });
+}
+
+template <Activation A, typename scalar_t>
+struct Fp8ForwardKernel {
+  static void run(const Fp8Call& call) {
+    with_flag(call.in.elem_stride == 2, [&](auto pairs) {
+      with_flag(call.round_to_input, [&](auto round) {
+        using Act = Activations<A, scalar_t, decltype(pairs)::value, decltype(round)::value>;
+        const Act act{vector_params<scalar_t>(call.op), call.in,
+                      static_cast<const scalar_t*>(call.gate),
+                      static_cast<const scalar_t*>(call.value)};
+        with_fp8_type(call.kind, [&](auto fp8) {
+          using fp8_t = decltype(fp8);
+          if (call.block == 0) {
+            quantize_tensor<fp8_t>(call, act);
+          } else {
+            quantize_blocks<fp8_t>(call, act);
+          }
+        });
+      });
+    });
+  }
+};
+
 struct CpuTypes {
   using Half = c10::Half;
   using BFloat16 = c10::BFloat16;
@@ -329,5 +630,7 @@ struct CpuTypes {
 void gated_forward_cpu(const ForwardCall& call) { dispatch<ForwardKernel, CpuTypes>(call); }
 
 void gated_backward_cpu(const BackwardCall& call) { dispatch<BackwardKernel, CpuTypes>(call); }
+
+void gated_forward_fp8_cpu(const Fp8Call& call) { dispatch<Fp8ForwardKernel, CpuTypes>(call); }
 
 }  // namespace glu_fused

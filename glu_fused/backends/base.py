@@ -32,6 +32,24 @@ class Backend(Protocol):
     def gated(self, gate: torch.Tensor, value: torch.Tensor, activation: str) -> torch.Tensor:
         """The gated_forward op's call: act(gate) * value."""
 
+    def packed_fp8(
+        self,
+        x: torch.Tensor,
+        dim: int,
+        function: str,
+        layout: str,
+        alpha: float,
+        limit: float,
+        *fp8_args,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The glu_forward_fp8 op's call: (q, scale); fp8_args as glu_fused._fp8.Fp8Args
+        and the static scale."""
+
+    def gated_fp8(
+        self, gate: torch.Tensor, value: torch.Tensor, activation: str, *fp8_args
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gated_forward_fp8 op's call: (q, scale)."""
+
     def gated_backward_in_place(
         self, grad_out: torch.Tensor, gate: torch.Tensor, value: torch.Tensor, activation: str
     ) -> None:
@@ -58,6 +76,12 @@ class OpsBackend:
         if _ops.transforms_active():
             return _ops.FusedFunction.apply(ops, gate, value, activation)
         return ops.forward(gate, value, activation)
+
+    def packed_fp8(self, x, dim, function, layout, alpha, limit, *fp8_args):
+        return _ops.FP8[self.family][0](x, dim, function, layout, alpha, limit, *fp8_args)
+
+    def gated_fp8(self, gate, value, activation, *fp8_args):
+        return _ops.FP8[self.family][1](gate, value, activation, *fp8_args)
 
     def gated_backward_in_place(self, grad_out, gate, value, activation) -> None:
         _ops.GATED[self.family].backward_in_place(grad_out, gate, value, activation)

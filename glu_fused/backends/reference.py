@@ -23,5 +23,11 @@ class ReferenceBackend:
     def gated(self, gate, value, activation) -> torch.Tensor:
         return reference.gated(gate, value, activation)
 
+    def packed_fp8(self, x, dim, function, layout, alpha, limit, *fp8_args):
+        return reference.packed_fp8(x, dim, function, layout, alpha, limit, *fp8_args)
+
+    def gated_fp8(self, gate, value, activation, *fp8_args):
+        return reference.gated_fp8(gate, value, activation, *fp8_args)
+
     def gated_backward_in_place(self, grad_out, gate, value, activation) -> None:
         _derivatives.gated_backward_in_place(grad_out, gate, value, activation)
