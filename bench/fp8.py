@@ -8,9 +8,11 @@ activation, within what an e4m3 quantization of a bfloat16 result may err.
     python bench/fp8.py --sizes 64x4096 --functions swiglu
 
 Bytes per output element, fused: 4 read (two bfloat16 inputs) + 1 written + the scales
-(4 bytes per row, per 128 or per 32 elements); the dynamic per-tensor scale reads the input
-twice (its amax must be known before any element is quantized): 9. The unfused code moves
-4 + 2 (the activation written) + 2 + 2 (read back for the amax and the quantization) + 1.
+(4 bytes per row, per 128 or per 32 elements); the dynamic per-tensor scale takes two
+passes (its amax must be known before any element is quantized): the inputs read twice (9),
+or on the CPU, up to 2^22 results, the float32 activations kept between them (13). The
+unfused code moves 4 + 2 (the activation written) + 2 + 2 (read back for the amax and the
+quantization) + 1.
 """
 
 from __future__ import annotations
@@ -115,9 +117,21 @@ def check(function: str, mode: str, fn, x: torch.Tensor) -> float:
     return ((back - ref).abs() / bound).max().item()
 
 
-def bytes_per_element(mode: str, hidden: int) -> float:
+# The CPU kernel keeps up to this many activations (float32) between the per-tensor scale's
+# two passes (csrc/cpu/glu_cpu.cpp, kFp8ScratchElements) instead of computing them again.
+CPU_KEPT_ACTIVATIONS = 1 << 22
+
+
+def bytes_per_element(mode: str, tokens: int, hidden: int, device: torch.device) -> float:
+    """What ours moves per output element: the inputs read (4 bytes), q written (1), the
+    scales; per tensor, a second pass: the inputs again (4), or on the CPU up to
+    CPU_KEPT_ACTIVATIONS the float32 activations written and read back (8)."""
     scale = {"tensor": 0.0, "token": 4 / hidden, "group": 4 / 128, "mx": 1 / 32}[mode]
-    return (8.0 if mode == "tensor" else 4.0) + 1 + scale
+    second = 0.0
+    if mode == "tensor":
+        kept = device.type == "cpu" and tokens * hidden <= CPU_KEPT_ACTIVATIONS
+        second = 8.0 if kept else 4.0
+    return 4.0 + second + 1 + scale
 
 
 def run(functions, sizes, device: torch.device) -> list[dict]:
@@ -155,7 +169,7 @@ def run(functions, sizes, device: torch.device) -> list[dict]:
                     "hidden": hidden,
                     "ms": ms,
                     "error": errors,
-                    "bytes_per_element": bytes_per_element(mode, hidden),
+                    "bytes_per_element": bytes_per_element(mode, tokens, hidden, device),
                 }
                 if copy is not None:
                     ours = next(n for n in ms if n.startswith("ours"))

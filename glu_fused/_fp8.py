@@ -86,19 +86,19 @@ def is_fp8(dtype: object) -> bool:
 
 def resolve(
     out_dtype: torch.dtype,
-    granularity: str | None,
-    group_size: int | None,
-    scale_dtype: torch.dtype | None,
-    scale_rounding: str | None,
-    scale_layout: str,
-    intermediate: str,
-    eps: float | None,
-    static_scale: torch.Tensor | None,
+    granularity: str | None = None,
+    group_size: int | None = None,
+    scale_dtype: torch.dtype | None = None,
+    scale_rounding: str | None = None,
+    scale_layout: str = "row",
+    intermediate: str = "input",
+    eps: float | None = None,
+    scale: torch.Tensor | None = None,
 ) -> Fp8Args:
     """The public keywords' defaults filled in, and the choices that only the keywords can
     get wrong (an option given where it does not apply) refused."""
     if granularity is None:
-        granularity = "tensor" if static_scale is not None else "token"
+        granularity = "tensor" if scale is not None else "token"
     if granularity == "group":
         group_size = 128 if group_size is None else group_size
     elif group_size is not None:
@@ -385,15 +385,7 @@ def quantize_weight(
     if granularity not in WEIGHT_GRANULARITIES:
         raise _unknown("weight granularity", granularity, WEIGHT_GRANULARITIES)
     args = resolve(
-        out_dtype,
-        "tensor" if granularity == "tensor" else "token",
-        None,
-        None,
-        None,
-        "row",
-        "float32",
-        None,
-        None,
+        out_dtype, "tensor" if granularity == "tensor" else "token", intermediate="float32"
     )
     q, scale = quantize(weight.detach(), args)
     return q.t(), scale.reshape(1, -1) if granularity == "row" else scale

@@ -81,17 +81,7 @@ def _fp8_op_args(
             "in the input's dtype"
         )
     scale = options.get("scale")
-    args = _fp8.resolve(
-        out_dtype,
-        options.get("granularity"),
-        options.get("group_size"),
-        options.get("scale_dtype"),
-        options.get("scale_rounding"),
-        options.get("scale_layout", "row"),
-        options.get("intermediate", "input"),
-        options.get("eps"),
-        scale,
-    )
+    args = _fp8.resolve(out_dtype, **options)
     return (*args.as_op_args(), scale)
 
 

@@ -491,17 +491,7 @@ class FP8GatedMLP(nn.Module):
                 f"glu_fused: FP8GatedMLP takes inputs of {self.in_features} features (the "
                 f"last dim), got shape {tuple(x.shape)}"
             )
-        args = _fp8.resolve(
-            _gated_mlp.FP8_DTYPE,
-            self.granularity,
-            None,
-            None,
-            None,
-            "row",
-            "float32",
-            None,
-            None,
-        )
+        args = _fp8.resolve(_gated_mlp.FP8_DTYPE, self.granularity, intermediate="float32")
         xq, xs = _fp8.quantize(x, args)
         gate_up = _fp8.scaled_linear(
             xq, xs, self.gate_up_q, self.gate_up_scale, self.gate_up_bias, x.dtype

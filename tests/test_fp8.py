@@ -17,6 +17,8 @@ What runs (tests/covering.py), one pytest item per backend looping over its comb
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import (
@@ -146,17 +148,7 @@ def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 def _rule(y: torch.Tensor, out_dtype, options: dict):
     """The rule of glu_fused/_fp8.py on y, for the public keywords."""
     scale = options.get("scale")
-    args = _fp8.resolve(
-        out_dtype,
-        options.get("granularity"),
-        options.get("group_size"),
-        options.get("scale_dtype"),
-        options.get("scale_rounding"),
-        options.get("scale_layout", "row"),
-        options.get("intermediate", "input"),
-        options.get("eps"),
-        scale,
-    )
+    args = _fp8.resolve(out_dtype, **options)
     return _fp8.quantize(y, args, scale)
 
 
@@ -332,9 +324,7 @@ def test_the_scale_divides_and_q_times_scale_approximates_y(backend):
         for granularity in ("tensor", "token", "group", "mx"):
             for out_dtype, rel in ((E4M3, 2.0**-4), (E5M2, 2.0**-3)):
                 q, s = glu_fused.swiglu(x, out_dtype=out_dtype, granularity=granularity)
-                args = _fp8.resolve(
-                    out_dtype, granularity, None, None, None, "row", "input", None, None
-                )
+                args = _fp8.resolve(out_dtype, granularity)
                 back = _fp8.dequantize(q, s, args)
                 # Relative to each element, plus the block's subnormal floor.
                 assert ((back - y).abs() <= rel * y.abs() + 2e-3 * y.abs().max()).all()
@@ -479,17 +469,7 @@ _GOOD = (E4M3, "group", 32 * 2, _F32, "ceil", "row", "input", 1e-10, None)
 
 
 def _with(**changes):
-    names = (
-        "out_dtype",
-        "granularity",
-        "group_size",
-        "scale_dtype",
-        "scale_rounding",
-        "scale_layout",
-        "intermediate",
-        "eps",
-        "scale",
-    )
+    names = [f.name for f in dataclasses.fields(_fp8.Fp8Args)] + ["scale"]
     args = dict(zip(names, _GOOD))
     args.update(changes)
     return tuple(args.values())
