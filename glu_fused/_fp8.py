@@ -391,6 +391,39 @@ def quantize_weight(
     return q.t(), scale.reshape(1, -1) if granularity == "row" else scale
 
 
+def _cpu_scales_rows() -> bool:
+    """Whether this torch's CPU torch._scaled_mm takes per-row scales (torch 2.11's takes
+    per-tensor scales only). Asked once, at import, on a tiny GEMM."""
+    q = torch.ones(16, 16).to(torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(q, q.t(), torch.ones(16, 1), torch.ones(1, 16), out_dtype=torch.float32)
+    except RuntimeError:
+        return False
+    return True
+
+
+_CPU_SCALES_ROWS = _cpu_scales_rows()
+_ROWS_AFTER_WARNED: list[bool] = []
+
+
+def _rows_after(q2, weight_q, a_scale, b_scale, out_dtype) -> torch.Tensor:
+    """Per-row scales where _scaled_mm takes per-tensor ones only: the GEMM with unit scales
+    in float32, then the scales; said once, as it costs a pass over the output."""
+    if not _ROWS_AFTER_WARNED:
+        _ROWS_AFTER_WARNED.append(True)
+        import warnings
+
+        warnings.warn(
+            f"glu_fused: torch {torch.__version__}'s CPU torch._scaled_mm scales per tensor "
+            "only; the per-row scales are applied after the GEMM (one more pass over its "
+            "output). A newer torch scales inside it.",
+            stacklevel=4,
+        )
+    one = torch.ones(1, device=q2.device)
+    out = torch._scaled_mm(q2, weight_q, one, one, out_dtype=torch.float32)
+    return (out * a_scale * b_scale).to(out_dtype)
+
+
 def scaled_linear(
     q: torch.Tensor,
     scale: torch.Tensor,
@@ -408,7 +441,10 @@ def scaled_linear(
     if a_scale.dim() == 2 or b_scale.dim() == 2:  # per row on either side: both as rows
         a_scale = a_scale.reshape(-1, 1).expand(rows, 1).contiguous()
         b_scale = b_scale.reshape(1, -1).expand(1, weight_q.shape[1]).contiguous()
-    out = torch._scaled_mm(q2, weight_q, a_scale, b_scale, out_dtype=out_dtype)
+    if a_scale.dim() == 2 and q2.device.type == "cpu" and not _CPU_SCALES_ROWS:
+        out = _rows_after(q2, weight_q, a_scale, b_scale, out_dtype)
+    else:
+        out = torch._scaled_mm(q2, weight_q, a_scale, b_scale, out_dtype=out_dtype)
     if bias is not None:
         out = out + bias
     return out.reshape(*lead, weight_q.shape[1])

@@ -18,6 +18,7 @@ from covering import each, product
 from torch import nn
 
 import glu_fused
+from glu_fused import _fp8
 from glu_fused.nn import FP8GatedMLP, GatedMLP
 
 IN, HIDDEN = 256, 688  # LLaMA's 8/3 ratio, multiples of 16 as FP8 GEMMs want
@@ -157,3 +158,22 @@ def test_the_quantized_block_runs_on_every_backend_here():
             with glu_fused.use_backend(backend):
                 outs[backend] = FP8GatedMLP.from_float(mlp)(x)
     assert len(set(map(lambda t: t.float().sum().item(), outs.values()))) == 1, outs
+
+
+@pytest.mark.skipif(
+    not _fp8._CPU_SCALES_ROWS, reason="this torch's CPU _scaled_mm has no per-row scales"
+)
+def test_per_row_scales_where_scaled_mm_takes_per_tensor_ones_only(monkeypatch):
+    """torch 2.11's CPU _scaled_mm scales per tensor only: the per-row scales go after the
+    GEMM, said once, and give what the GEMM's own per-row scaling gives."""
+    x = random_input((32, 2 * HIDDEN), torch.bfloat16, scale=1.0)
+    w = random_input((IN, HIDDEN), torch.float32, scale=0.02)
+    with torch.no_grad():
+        q, s = glu_fused.swiglu(x, out_dtype=torch.float8_e4m3fn)
+    w_q, w_s = _fp8.quantize_weight(w, "row")
+    native = _fp8.scaled_linear(q, s, w_q, w_s, None, torch.float32)
+    monkeypatch.setattr(_fp8, "_CPU_SCALES_ROWS", False)
+    monkeypatch.setattr(_fp8, "_ROWS_AFTER_WARNED", [])
+    with pytest.warns(UserWarning, match="scales per tensor only"):
+        after = _fp8.scaled_linear(q, s, w_q, w_s, None, torch.float32)
+    torch.testing.assert_close(after, native, rtol=1e-5, atol=1e-6)
