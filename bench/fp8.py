@@ -86,11 +86,7 @@ def contenders(function: str, mode: str, device: torch.device) -> dict:
     def ours(x):  # mx: E8M0 scales, the format's own
         return ours_fn(x, layout=layout, out_dtype=E4M3, granularity=mode)
 
-    backend = (
-        "cuda"
-        if device.type == "cuda" and "cuda" in glu_fused.available_backends()
-        else ("triton" if device.type == "cuda" else "cpu")
-    )
+    backend = glu_fused.backends.select(device).name  # the one "auto" picks
     return {f"ours:{backend}": (ours, backend), "eager": (eager, None), "compile": (compiled, None)}
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import _unknown
+
 # FP8 types: their largest finite value and the exponent of their largest power of two.
 FP8_FORMATS: dict[torch.dtype, tuple[float, int]] = {
     torch.float8_e4m3fn: (448.0, 8),
@@ -48,10 +50,6 @@ INTERMEDIATES = ("input", "float32")
 # would coarsen every block whose amax is below it).
 DEFAULT_EPS = 1e-10
 _TOKEN_PAD = 4
-
-
-def _unknown(what: str, name: object, choices) -> ValueError:
-    return ValueError(f"glu_fused: unknown {what} {name!r}; expected one of {tuple(choices)}")
 
 
 @dataclass(frozen=True)
