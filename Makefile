@@ -27,7 +27,7 @@ test-full: install lint
 # The suites' CPU cases again, with CPU tensors run through the CUDA kernels' thread code on
 # the host ($GLU_FUSED_EMULATE_CUDA): the CUDA paths' indexing, vectors and tails, without a GPU.
 EMULATED_SUITES := tests/test_numerics.py tests/test_extremes.py tests/test_determinism.py \
-	tests/test_lean_mlp.py \
+	tests/test_lean_mlp.py tests/test_fp8.py \
 	tests/test_autograd.py tests/test_gpu.py
 # Under CI=true the CUDA kernels must be there: a CI that cannot build them fails, not skips.
 test-cuda-emulated:

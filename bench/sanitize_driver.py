@@ -2,8 +2,10 @@
 (memcheck, racecheck) to watch: each function and gated activation, dtype, direction
 (forward, backward), layout (halves, interleaved) and memory shape (aligned rows, rows that
 are not 16-byte aligned, a sliced input, a split along a middle dim, a run longer than a
-block's part with a ragged tail). Each result is also checked against the float64 reference,
-so the driver fails on a wrong answer as well as on a bad access.
+block's part with a ragged tail); and FP8 output in every granularity the shape allows, split
+along the last dim. Each result is also checked, against the float64 reference (FP8: bit for
+bit against the rule applied to the plain result), so the driver fails on a wrong answer as
+well as on a bad access.
 
     compute-sanitizer --tool memcheck python bench/sanitize_driver.py --backend cuda
     python bench/sanitize_driver.py --device cpu --backend cpu     # the same calls, no GPU
@@ -17,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 import glu_fused
-from glu_fused import _table, reference
+from glu_fused import _fp8, _table, reference
 from glu_fused.testing import assert_matches
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -61,8 +63,39 @@ def _check_gated(activation: str, device: str, dtype: torch.dtype) -> None:
         assert_matches(got, expected, dtype, f"gated {activation} backward")
 
 
+# FP8 output's modes: the keywords of each granularity and scale.
+FP8_MODES = {
+    "token": {},
+    "group128": {"granularity": "group"},
+    "group64-e8m0": {"granularity": "group", "group_size": 64, "scale_dtype": torch.float8_e8m0fnu},
+    "mx": {"granularity": "mx"},
+    "tensor": {"granularity": "tensor"},
+    "tensor-static": {"granularity": "tensor", "scale": 0.01},
+}
+
+
+def _check_fp8(x: torch.Tensor, mode: str) -> bool:
+    """swiglu's FP8 output of x in one mode, bit for bit the rule on its plain result; False
+    where the mode's blocks do not divide the halved size (nothing called)."""
+    options = dict(FP8_MODES[mode])
+    block = {"group": options.get("group_size", 128), "mx": 32}.get(options.get("granularity"))
+    if block and (x.shape[-1] // 2) % block:
+        return False
+    if "scale" in options:
+        options["scale"] = torch.tensor([options["scale"]], device=x.device)
+    with torch.no_grad():
+        q, scale = glu_fused.swiglu(x, out_dtype=torch.float8_e4m3fn, **options)
+        y = glu_fused.swiglu(x)
+    want_q, want_scale = _fp8.quantize(y, _fp8.resolve(torch.float8_e4m3fn, **options),
+                                       options.get("scale"))  # fmt: skip
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)), f"fp8 {mode}: q"
+    assert torch.equal(scale.float(), want_scale.float()), f"fp8 {mode}: scale"
+    return True
+
+
 def run(device: str, backend: str) -> int:
-    """Every variant once; the number of calls made (forward and backward count one each)."""
+    """Every variant once; the number of calls made (forward, backward and an FP8 output
+    count one each)."""
     calls = 0
     with glu_fused.use_backend(backend):
         for dtype in DTYPES:
@@ -74,6 +107,9 @@ def run(device: str, backend: str) -> int:
             for activation in _table.GATE_ACTIVATIONS:
                 _check_gated(activation, device, dtype)
                 calls += 2
+            for make, dim in SHAPES.values():
+                for mode in FP8_MODES if dim == -1 else ():
+                    calls += _check_fp8(make(device, dtype), mode)
     if device == "cuda":
         torch.cuda.synchronize()
     return calls

@@ -43,6 +43,20 @@ struct BackwardCall {
 
 enum class Fp8Kind : int { E4M3 = 0, E5M2 = 1, E4M3Fnuz = 2, E5M2Fnuz = 3 };
 
+inline Fp8Encoding encoding_of(Fp8Kind kind) {
+  switch (kind) {
+    case Fp8Kind::E4M3:
+      return {3, 7, false};
+    case Fp8Kind::E5M2:
+      return {2, 15, false};
+    case Fp8Kind::E4M3Fnuz:
+      return {3, 8, true};
+    case Fp8Kind::E5M2Fnuz:
+      break;
+  }
+  return {2, 16, true};
+}
+
 // The forward quantized to FP8 (docs/contract.md, "FP8 output"): y = act(gate) * value,
 // rounded to the input's dtype unless `round_to_input` is false, then per block of `block`
 // consecutive dense output elements (a block never crosses a run: run_len % block == 0)
@@ -61,6 +75,9 @@ struct Fp8Call {
   const float* static_scale;
   void* q;        // dense like ForwardCall::out, one byte per element
   float* scales;  // dense, numel / block of them (1 for block 0)
+  // The CUDA kernels' per-tensor amax between their two launches (block 0 without a static
+  // scale): one zeroed word, the float's bits. The CPU kernel keeps its own.
+  unsigned* tensor_amax = nullptr;
 };
 
 void gated_forward_cpu(const ForwardCall& call);
@@ -76,6 +93,8 @@ int gated_forward_cuda(const ForwardCall& call, void* stream);
 int gated_backward_cuda(const BackwardCall& call, void* stream);
 void gated_forward_cuda_emulated(const ForwardCall& call);
 void gated_backward_cuda_emulated(const BackwardCall& call);
+int gated_forward_fp8_cuda(const Fp8Call& call, void* stream);
+void gated_forward_fp8_cuda_emulated(const Fp8Call& call);
 #endif
 
 }  // namespace glu_fused

@@ -287,4 +287,51 @@ struct Fp8Rule {
   }
 };
 
+// The bits of an FP8 number from a float32 already saturated to the format's range: the
+// nearest, ties to even, as torch's conversions give them (c10/util/Float8_*.h). Scalar, for
+// the CUDA kernels (the CPU's vector twin is fp8_bits in csrc/cpu/glu_cpu.cpp; the tests hold
+// both to torch's bits). The "fnuz" formats (ROCm's) have their bias one higher, one NaN
+// (0x80) and no negative zero.
+struct Fp8Encoding {
+  int mantissa;  // 3 (E4M3) or 2 (E5M2)
+  int bias;      // 7, 15; 8, 16 for fnuz
+  bool fnuz;
+
+  GLU_HD unsigned char encode(float v) const {
+    unsigned bits;
+    memcpy(&bits, &v, sizeof bits);
+    const unsigned sign = bits & 0x80000000u;
+    const unsigned b = bits ^ sign;
+    if (b > 0x7f800000u) return fnuz ? 0x80 : static_cast<unsigned char>(0x7f | (sign >> 24));
+    const unsigned magnitude = b < least_normal() ? subnormal(b) : normal(b);
+    if (fnuz && magnitude == 0) return 0;
+    return static_cast<unsigned char>(magnitude | (sign >> 24));
+  }
+
+ private:
+  GLU_HD int shift() const { return 23 - mantissa; }
+  GLU_HD unsigned least_normal() const { return static_cast<unsigned>(127 - bias + 1) << 23; }
+
+  // Below the least normal, adding 2^(least normal's exponent + shift) as floats aligns the
+  // mantissa to the format's last place, rounded half to even by the addition itself.
+  GLU_HD unsigned subnormal(unsigned b) const {
+    const unsigned mask_bits = static_cast<unsigned>(127 - bias + shift() + 1) << 23;
+    float f, mask;
+    memcpy(&f, &b, sizeof f);
+    memcpy(&mask, &mask_bits, sizeof mask);
+    const float sum = f + mask;
+    unsigned out;
+    memcpy(&out, &sum, sizeof out);
+    return out - mask_bits;
+  }
+
+  // Rebias the exponent and round the mantissa to nearest even (the carry may step the
+  // exponent; saturation keeps it finite).
+  GLU_HD unsigned normal(unsigned b) const {
+    const unsigned rebias = static_cast<unsigned>(bias - 127) << 23;  // modulo 2^32
+    const unsigned half_minus_one = (1u << (shift() - 1)) - 1;
+    return (b + rebias + half_minus_one + ((b >> shift()) & 1u)) >> shift();
+  }
+};
+
 }  // namespace glu_fused

@@ -88,9 +88,21 @@ void gated_backward_in_place(const Tensor& grad_out, const Tensor& gate, const T
   run(plan_gated_backward_in_place(grad_out, gate, value, activation), gate);
 }
 
-// FP8 output: the CPU kernels; on CUDA the op runs the plain kernel and quantizes after it
-// (glu_fused/_ops.py) until a fused CUDA kernel lands.
+// FP8 output. The CUDA kernels take the per-tensor amax between two launches in a zeroed
+// word of the device's (stream-ordered: freed after the launches are queued).
 void launch(const Tensor& like, const Fp8Call& call) {
+#ifdef GLU_FUSED_WITH_CUDA
+  if (like.is_cuda() || (like.is_cpu() && kEmulateCuda)) {
+    Fp8Call c = call;
+    Tensor amax;
+    if (c.block == 0 && c.static_scale == nullptr) {
+      amax = at::zeros({1}, like.options().dtype(at::kInt));
+      c.tensor_amax = reinterpret_cast<unsigned*>(amax.mutable_data_ptr<int>());
+    }
+    if (like.is_cuda()) return launch_cuda(like, c, gated_forward_fp8_cuda);
+    return gated_forward_fp8_cuda_emulated(c);
+  }
+#endif
   if (like.is_cpu()) return gated_forward_fp8_cpu(call);
   no_kernels_for(like);
 }
@@ -281,7 +293,11 @@ TORCH_LIBRARY_IMPL(glu_fused, CPU, m) {
 }
 
 #ifdef GLU_FUSED_WITH_CUDA
-TORCH_LIBRARY_IMPL(glu_fused, CUDA, m) { impl_native(m); }
+TORCH_LIBRARY_IMPL(glu_fused, CUDA, m) {
+  impl_native(m);
+  m.impl("glu_forward_fp8", &glu_forward_fp8);
+  m.impl("gated_forward_fp8", &gated_forward_fp8);
+}
 #endif
 
 bool emulates_cuda() {

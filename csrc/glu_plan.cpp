@@ -590,6 +590,19 @@ Tensor Fp8Plan::result_scales() const {
 
 namespace {
 
+// A token's scale covers a row: where a run holds several rows (gated's contiguous inputs
+// are one run), the run is split into them, so that every kernel's token blocks are whole
+// runs (the CUDA kernel's lanes start at a block's first element).
+void split_into_rows(PairLayout& in, int64_t row_len) {
+  if (in.run_len == row_len) return;
+  TORCH_INTERNAL_ASSERT(in.runs_per_outer == 1 && in.run_len % row_len == 0);
+  const int64_t rows_per_run = in.run_len / row_len;
+  in.runs_per_outer = rows_per_run;
+  in.run_stride = row_len * in.elem_stride;
+  in.runs *= rows_per_run;
+  in.run_len = row_len;
+}
+
 // The plan's results and settings once its inputs are laid out; an empty q needs no kernel,
 // but its scales still follow the rule (a block of no elements has amax 0).
 void finish_fp8_plan(Fp8Plan& plan, const Tensor& like, c10::IntArrayRef out_shape) {
@@ -648,6 +661,7 @@ Fp8Plan plan_gated_forward_fp8(const Tensor& gate_in, const Tensor& value_in,
   if (plan.empty()) return plan;
   Tensor gate = gate_in, value = value_in;
   plan.inputs.in = gated_layout(gate, value);
+  if (options.granularity == "token") split_into_rows(plan.inputs.in, gate.size(-1));
   plan.inputs.gate = {gate};
   plan.inputs.value = {value};
   TORCH_INTERNAL_ASSERT(plan.settings.block == 0 || plan.inputs.in.run_len % plan.settings.block == 0);

@@ -317,7 +317,7 @@ def _n_blocks(q: torch.Tensor, args: Fp8Args) -> int:
     return q.shape[-1] // args.group_size
 
 
-# ---- the keywords, and the path where a backend has no fused kernel yet -------------------
+# ---- the keywords ---------------------------------------------------------------------------
 
 # The public functions' FP8 keywords besides out_dtype (Fp8Options, functional.py).
 OPTION_NAMES = (
@@ -331,36 +331,10 @@ OPTION_NAMES = (
     "scale",
 )
 
-_UNFUSED_WARNED: set[str] = set()
-
-
-def warn_unfused(where: str) -> None:
-    """Says once per process and backend that FP8 output runs unfused there."""
-    if where in _UNFUSED_WARNED:
-        return
-    _UNFUSED_WARNED.add(where)
-    import warnings
-
-    warnings.warn(
-        f"glu_fused: FP8 output on {where} runs the plain kernel and quantizes its result "
-        "in PyTorch (same bits, more memory traffic): no fused kernel there yet. "
-        "The CPU backend's is fused.",
-        stacklevel=6,  # the public function's caller, on the packed functions' path
-    )
-
 
 def from_op_args(op_args: tuple) -> tuple[Fp8Args, torch.Tensor | None]:
     """(Fp8Args, static scale) from the ops' trailing arguments."""
     return Fp8Args(*op_args[:-1]), op_args[-1]
-
-
-def forward_input(x: torch.Tensor, args: Fp8Args) -> torch.Tensor:
-    """What a plain kernel must be given so that its result is y as the rule takes it: x,
-    or x in float32 where y stays float32 (the kernels compute half and bfloat16 in
-    float32, so this widening is exact and the activation the same)."""
-    if args.intermediate == "float32" and x.dtype in (torch.float16, torch.bfloat16):
-        return x.float()
-    return x
 
 
 # ---- FP8 GEMMs: the weights quantized, torch._scaled_mm ----------------------------------

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch._ops import OpOverload
 
-from . import _fp8, reference
+from . import reference
 from ._derivatives import gated_double_backward, packed_double_backward
 from ._extension import _C
 
@@ -246,42 +246,20 @@ def transforms_active() -> bool:
 
 
 # ---- FP8 output (glu_forward_fp8, gated_forward_fp8) ---------------------------------------
-# The native family's ops are fused on the CPU (csrc/cpu/glu_cpu.cpp). Where no fused kernel
-# exists yet (CUDA, the Triton family) they run the plain kernel and quantize its result by
-# the rule in PyTorch, which gives the same bits, and say so once.
+# Fused in every family: the native ops on the CPU (csrc/cpu/glu_cpu.cpp) and on CUDA
+# (csrc/cuda/glu_fp8.cu), the Triton family's in glu_fused/_triton/fp8.py.
 
 
-def _unfused_packed_fp8(forward, where, x, dim, function, layout, alpha, limit, *fp8_args):
-    _, _, args, scale = reference.check_packed_fp8(x, dim, function, layout, fp8_args)
-    _fp8.warn_unfused(where)
-    y = forward(_fp8.forward_input(x, args), dim, function, layout, alpha, limit)
-    return _fp8.quantize(y, args, scale)
+def _triton_fp8(name: str, *args):
+    """The Triton family's fused FP8 call `name` (glu_fused/_triton/fp8.py), imported with
+    Triton at the first call: importing glu_fused does not import Triton."""
+    from ._triton import fp8
 
+    return getattr(fp8, name)(*args)
 
-def _unfused_gated_fp8(forward, where, gate, value, activation, *fp8_args):
-    args, scale = reference.check_gated_fp8(gate, value, activation, fp8_args)
-    _fp8.warn_unfused(where)
-    y = forward(_fp8.forward_input(gate, args), _fp8.forward_input(value, args), activation)
-    return _fp8.quantize(y, args, scale)
-
-
-_lib.impl(
-    "glu_forward_fp8",
-    functools.partial(_unfused_packed_fp8, _ops.glu_forward.default, "the cuda backend"),
-    "CUDA",
-)
-_lib.impl(
-    "gated_forward_fp8",
-    functools.partial(_unfused_gated_fp8, _ops.gated_forward.default, "the cuda backend"),
-    "CUDA",
-)
 
 # Family -> its FP8 calls: (packed, gated), taking the ops' arguments.
 FP8: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-    name: (
-        functools.partial(_unfused_packed_fp8, PACKED[name].forward, f"the {name} backend"),
-        functools.partial(_unfused_gated_fp8, GATED[name].forward, f"the {name} backend"),
-    )
-    for name in FAMILIES
+    "native": (_ops.glu_forward_fp8.default, _ops.gated_forward_fp8.default),
+    "triton": tuple(functools.partial(_triton_fp8, f"{k}_fp8") for k in ("packed", "gated")),
 }
-FP8["native"] = (_ops.glu_forward_fp8.default, _ops.gated_forward_fp8.default)

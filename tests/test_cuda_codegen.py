@@ -52,7 +52,7 @@ def activation_names() -> dict[int, str]:
 @dataclass(frozen=True)
 class Instance:
     """What a kernel's mangled name says of it: glu_kernel<{Forward,Backward}Thread<A, T,
-    {VectorAccess<T, pairs>, ScalarAccess<T>}>>."""
+    {VectorAccess<T, pairs>, ScalarAccess<T>}>>, or glu_phased_kernel<Fp8Thread<...>>."""
 
     activation: str
     dtype: str
@@ -72,7 +72,7 @@ class Instance:
 
 def instance(name: str) -> Instance:
     m = re.search(
-        r"(Forward|Backward)ThreadILNS_10ActivationE(\d+)E(6__half|13__nv_bfloat16|f|d)"
+        r"(Forward|Backward|Fp8)ThreadILNS_10ActivationE(\d+)E(6__half|13__nv_bfloat16|f|d)"
         r"NS0_(12VectorAccess|12ScalarAccess)I(?:S\d+_|\w)(?:Lb([01])ELb([01]))?",
         name,
     )
@@ -261,12 +261,20 @@ def kernels(request, tmp_path_factory) -> dict[str, Kernel]:
     return compile_kernels(request.param, tmp_path_factory).kernels
 
 
+# Forward and backward, each: 6 activations x 4 dtypes x 5 paths (scalar; halves and pairs,
+# aligned or phased). FP8: 6 activations x (3 dtypes x 3 paths (scalar, phased halves and
+# pairs), and float64's scalar path).
+PLAIN_KERNELS = 2 * 6 * 4 * 5
+FP8_KERNELS = 6 * (3 * 3 + 1)
+
+
 def test_every_entry_point_is_compiled(kernels):
-    # Forward and backward, each: 6 activations x 4 dtypes x 5 paths (scalar; halves and
-    # pairs, aligned or phased).
-    assert len(kernels) == 2 * 6 * 4 * 5
+    assert len(kernels) == PLAIN_KERNELS + FP8_KERNELS
     paths = {instance(name).path for name in kernels}
     assert paths == {"scalar", "halves", "pairs", "halves-phased", "pairs-phased"}
+    fp8 = [instance(name) for name in kernels if instance(name).direction == "fp8"]
+    assert len(fp8) == FP8_KERNELS
+    assert {i.path for i in fp8 if i.dtype == "float64"} == {"scalar"}
     for kernel in kernels.values():
         assert kernel.registers > 0 and kernel.stack_frame >= 0, kernel.name
 
@@ -279,16 +287,23 @@ def test_no_kernel_spills_or_uses_local_memory(kernels):
         assert ".local" not in kernel.ptx, f"{what} use local memory"
 
 
+# The store of an FP8 item's outputs: one byte an output of 16 bytes of inputs.
+FP8_STORES = {"float16": r"st\.global\.v2\.(u|b)32", "bfloat16": r"st\.global\.v2\.(u|b)32",
+              "float32": r"st\.global\.(u|b)32"}  # fmt: skip
+
+
 def test_vector_paths_move_data_in_128_bit_accesses(kernels):
     vector = [k for k in kernels.values() if VECTOR_PATH in k.name]
-    assert len(vector) == 4 * len(kernels) // 5
+    assert len(vector) == 4 * PLAIN_KERNELS // 5 + 6 * 3 * 2
     for kernel in vector:
+        inst = instance(kernel.name)
         assert re.search(r"ld\.global\.nc\.v4\.(u|b)32", kernel.ptx), (
             f"{kernel.name}: no 128-bit load"
         )
-        assert re.search(r"st\.global(\.wb)?\.v4\.(u|b)32", kernel.ptx), (
-            f"{kernel.name}: no 128-bit store"
+        store = (
+            FP8_STORES[inst.dtype] if inst.direction == "fp8" else r"st\.global(\.wb)?\.v4\.(u|b)32"
         )
+        assert re.search(store, kernel.ptx), f"{kernel.name}: no store of a whole item"
 
 
 STAGING_PROBE = r"""
@@ -310,6 +325,9 @@ template <typename T>
 void print_both(const char* dtype) {
   print<T, kForwardInputs>(dtype, "forward");
   print<T, kBackwardInputs>(dtype, "backward");
+  std::printf("%s fp8 %d %d %d %d %d\n", dtype, Fp8Staging::kInputs, Fp8Staging::kItems,
+              kThreads, static_cast<int>(sizeof(typename VectorAccess<T, false, false>::Dense)),
+              static_cast<int>(sizeof(typename ScalarAccess<T>::Dense)));
 }
 
 int main() {

@@ -355,3 +355,176 @@ def test_misaligned_layouts_take_16_byte_accesses_for_their_bulk(misaligned_run)
             f"{meta['runs'] * meta['run_len']:>7} {n['vector_loads']:>6} {n['vector_stores']:>6} "
             f"{n['scalar_loads']:>6} {n['scalar_stores']:>6}"
         )
+
+
+# FP8 output (csrc/cuda/glu_fp8.cu) in a subprocess with $GLU_FUSED_EMULATE_CUDA: every case's
+# (q, scale) bit for bit the rule applied to the emulated plain result, and each launch's path
+# and accesses from the trace. Cases: the blocks of each granularity on aligned, sliced (the
+# phased path), interleaved and byte-misaligned rows (the scalar path); rows longer than a
+# thread keeps (computed again for q); runs with more lanes than outputs; gated rows merged
+# into one run (split by the plan); a per-tensor amax over many blocks of threads.
+FP8_SCRIPT = r"""
+import json
+import sys
+
+import torch
+
+sys.path.insert(0, sys.argv[1])
+from conftest import random_input  # noqa: E402
+
+import glu_fused  # noqa: E402
+from glu_fused import _fp8  # noqa: E402
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+KEEP_ITEMS = 2 * 256  # items of 16 bytes of inputs a block of threads keeps, per row
+MODES = {
+    "token": {},
+    "group128": {"granularity": "group"},
+    "group64-e8m0": {"granularity": "group", "group_size": 64,
+                     "scale_dtype": torch.float8_e8m0fnu},
+    "mx": {"granularity": "mx"},
+    "tensor": {"granularity": "tensor"},
+    "tensor-static": {"granularity": "tensor", "scale": torch.tensor([0.01])},
+}
+
+
+def mark(**what):
+    sys.stderr.write("### " + json.dumps(what) + "\n")
+    sys.stderr.flush()
+
+
+def misaligned_by_a_byte(shape, dtype):
+    size = torch.finfo(dtype).bits // 8
+    n = shape[0] * shape[1]
+    raw = bytearray(size * n + 1)
+    x = torch.frombuffer(raw, dtype=dtype, offset=1, count=n).view(*shape)
+    x.copy_(random_input(shape, dtype))
+    return x
+
+
+def wide(rows, last, dtype, offset):
+    return random_input((rows, last + 8), dtype)[:, offset : offset + last]
+
+
+def cases(dtype):
+    width = 128 // torch.finfo(dtype).bits
+    yield "aligned", "halves", random_input((6, 2 * 384), dtype)
+    yield "sliced at 3", "halves", wide(5, 2 * 256, dtype, 3)
+    yield "interleaved", "interleaved", random_input((5, 2 * 256), dtype)
+    yield "interleaved, sliced at 1", "interleaved", wide(4, 2 * 128, dtype, 1)
+    yield "misaligned by a byte", "halves", misaligned_by_a_byte((3, 2 * 128), dtype)
+    # Token rows past what a block of threads keeps, with a ragged end; and a row of 3 blocks
+    # of 128 (more lanes than items).
+    yield "long rows", "halves", random_input((3, 2 * (KEEP_ITEMS * width + 384 + 37)), dtype)
+    yield "many rows", "halves", random_input((700, 2 * 128), dtype)
+
+
+checked = 0
+for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    width = 128 // torch.finfo(dtype).bits
+    for case, layout, x in cases(dtype):
+        for mode, options in MODES.items():
+            last = x.shape[-1] // 2
+            if case == "long rows" and mode != "token":
+                continue
+            out_dtype = E5M2 if mode.startswith("group64") else E4M3
+            meta = dict(case=case, mode=mode, dtype=str(dtype), width=width, rows=x.shape[0],
+                        last=last, direction="fp8")
+            mark(**{**meta, "direction": "forward"})
+            y = glu_fused.swiglu(x, layout=layout)
+            mark(**meta)
+            q, s = glu_fused.swiglu(x, layout=layout, out_dtype=out_dtype, **options)
+            mark(direction="done")
+            want_q, want_s = _fp8.quantize(y, _fp8.resolve(out_dtype, **options),
+                                           options.get("scale"))
+            what = f"{case} {mode} {dtype}"
+            assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)), what
+            assert torch.equal(s.float(), want_s.float()), what
+            checked += 1
+
+# gated rows of 37 and 300, contiguous (one run for the plan, split into rows for tokens).
+for dtype in (torch.bfloat16, torch.float32):
+    for n in (37, 300):
+        g, v = random_input((5, n), dtype), random_input((5, n), dtype)
+        meta = dict(case=f"gated rows of {n}", mode="token", dtype=str(dtype),
+                    width=128 // torch.finfo(dtype).bits, rows=5, last=n, direction="fp8")
+        mark(**{**meta, "direction": "forward"})
+        y = glu_fused.gated(g, v, "gelu")
+        mark(**meta)
+        q, s = glu_fused.gated(g, v, "gelu", out_dtype=E4M3)
+        mark(direction="done")
+        want_q, want_s = _fp8.quantize(y, _fp8.resolve(E4M3))
+        assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8)), meta
+        assert torch.equal(s, want_s), meta
+        checked += 1
+
+print(json.dumps({"checked": checked}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fp8_run():
+    env = {
+        **os.environ,
+        "GLU_FUSED_EMULATE_CUDA": "1",
+        "GLU_FUSED_EMULATE_CUDA_TRACE": "1",
+        "GLU_FUSED_POISON_OUTPUTS": "1",
+        "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", FP8_SCRIPT, os.path.join(ROOT, "tests")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    launches = [launch for launch in parse_trace(run.stderr) if launch.meta["direction"] == "fp8"]
+    return json.loads(run.stdout.splitlines()[-1]), launches
+
+
+def test_fp8_results_are_the_rule_on_every_path(fp8_run):
+    summary, launches = fp8_run
+    # 4 dtypes x (6 cases x 6 modes + long rows x token), and 2 x 2 gated.
+    assert summary["checked"] == 4 * (6 * 6 + 1) + 4
+    # A dynamic per-tensor scale takes two launches (its amax first), the rest one.
+    tensor = [launch for launch in launches if launch.meta["mode"] == "tensor"]
+    assert len(launches) == summary["checked"] + len(tensor) // 2
+
+
+def test_fp8_launches_take_the_path_of_their_layout(fp8_run):
+    _, launches = fp8_run
+    for launch in launches:
+        meta = launch.meta
+        if meta["case"] == "misaligned by a byte" or meta["dtype"] == "torch.float64":
+            want = "scalar"
+        else:
+            want = "pairs-phased" if meta["case"].startswith("interleaved") else "halves-phased"
+        assert launch.path == want, (launch.path, meta)
+
+
+def test_fp8_vector_launches_read_16_bytes_at_a_time_and_rows_past_the_kept_twice(fp8_run):
+    """Every output of a vector launch reads its inputs in 16-byte loads, but for the ragged
+    end of a row (fewer than `width` outputs): one pass of loads for the rows a block of
+    threads keeps, and more for the longer ones, whose outputs past the kept ones are
+    computed again once the row's amax is known. q goes out in words of `width` bytes where
+    the row allows."""
+    _, launches = fp8_run
+    for launch in launches:
+        meta, n = launch.meta, launch.counts
+        if launch.path == "scalar":
+            assert n["vector_loads"] == 0, meta
+            continue
+        width, rows, last = meta["width"], meta["rows"], meta["last"]
+        ragged = last % width
+        twice = 2 if meta["case"] == "long rows" else 1  # the ragged end is past the kept
+        assert n["scalar_loads"] == 2 * rows * ragged * twice, (n, meta)
+        items = rows * (last // width)
+        if meta["case"] == "long rows":
+            assert n["vector_loads"] > 2 * items, (n, meta)  # 16-byte loads: 2 inputs an item
+        elif "phased" not in launch.path or meta["case"] in ("aligned", "many rows"):
+            assert n["vector_loads"] == 2 * items, (n, meta)
+        else:  # out of phase: an item's input may take two 16-byte blocks
+            assert 2 * items <= n["vector_loads"] <= 4 * items, (n, meta)
+        if ragged == 0 and meta["mode"] != "tensor":
+            assert n["vector_stores"] == items and n["scalar_stores"] == 0, (n, meta)

@@ -36,6 +36,12 @@ so the math needs the same registers in each. Hence:
   * EXAMPLES: the launches of [64, 2 * 4100] float32 and bfloat16 inputs (rows of 4100, not
     a multiple of 16 elements), and the same with ALIGN 1, what Triton's own divisibility
     specialization gave them (its 16 or nothing).
+The fused FP8 kernels (glu_fused/_triton/fp8.py: quantize_kernel and the per-tensor
+amax_kernel) are compiled apart (FP8_EXAMPLES, their own worker and fixture): the
+specializations real calls launch, one for each granularity and its paths (token in one
+tile and looping over long rows, group, mx, tensor dynamic and static), scale rule, FP8
+type and input dtype, with interleaved and unaligned inputs; each must compile without
+spills and read its inputs ALIGN elements at a time.
 So every tile, ALIGN, layout, NESTED, activation and dtype is compiled for each
 architecture: sm_90 (H100, H200), the GPUs this project is tuned and measured on, in `make
 test`; sm_80 too under GLU_FUSED_TEST_FULL=1 (`make test-full`), as each architecture costs a
@@ -284,6 +290,104 @@ def table_specs() -> list[Spec]:
     return [s for s in math_specs() if s.dtype == "float32" and not s.pairs]
 
 
+# ---- the fused FP8 kernels: the specializations of real calls ----------------------------
+
+_FP8_COMPUTE = {"fp32": tl.float32, "fp64": tl.float64}
+
+
+def _fp8_example(kernel, x, function, layout, out_dtype, **options) -> dict:
+    """The launch of `kernel` ("quantize" or "amax") that glu_fused/_triton/fp8.py makes for
+    `function`'s FP8 call on x, as JSON for the worker."""
+    from glu_fused import _fp8
+    from glu_fused._extension import _C
+    from glu_fused._triton import fp8
+
+    static = options.pop("static", False)
+    args = _fp8.resolve(out_dtype, **options, scale=torch.ones(1) if static else None)
+    out, plan = _C.plan_glu_forward(x, -1, function, layout, 1.702, 7.0)
+    config, constexprs, _ = fp8.specialization(plan, x, out.shape[-1], args, static)
+    if kernel == "amax":
+        constexprs = {name: constexprs[name] for name in fp8._AMAX_CONSTEXPRS}
+    compute = "fp64" if constexprs["COMPUTE"] == tl.float64 else "fp32"
+    options = launch.options(config, x.element_size(), constexprs["ALIGN"])
+    return {
+        "kernel": kernel,
+        "dtype": str(x.dtype).removeprefix("torch."),
+        "constexprs": {**constexprs, "COMPUTE": compute},
+        "block_r": config.block_r,
+        "block_e": config.block_e,
+        "options": options,
+    }
+
+
+def fp8_examples() -> dict[str, dict]:
+    """Every granularity and path, scale rule, FP8 type and dtype, in real launches."""
+    e4m3, e5m2, e8m0 = torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e8m0fnu
+    bf16 = torch.zeros(64, 2 * 4096, dtype=torch.bfloat16)
+    unaligned = torch.zeros(8, 2 * 257 + 1, dtype=torch.bfloat16)[:, 1:]
+    calls = {
+        "bfloat16 token": ("quantize", bf16, "swiglu", "halves", e4m3),
+        "bfloat16 group128 e8m0": ("quantize", bf16, "swiglu", "halves", e4m3, {
+            "granularity": "group", "scale_dtype": e8m0}),
+        "bfloat16 mx floor, e5m2": ("quantize", bf16, "clamped_swiglu", "interleaved", e5m2, {
+            "granularity": "mx", "scale_rounding": "floor"}),
+        "bfloat16 tensor amax": ("amax", bf16, "swiglu", "halves", e4m3, {
+            "granularity": "tensor"}),
+        "bfloat16 tensor": ("quantize", bf16, "swiglu", "halves", e4m3, {
+            "granularity": "tensor"}),
+        "bfloat16 tensor static": ("quantize", bf16, "geglu", "halves", e4m3, {"static": True}),
+        "float32 token, rows looped": ("quantize", torch.zeros(8, 2 * 8192), "swiglu", "halves",
+            e5m2, {"intermediate": "float32"}),
+        "float64 group64": ("quantize", torch.zeros(16, 2 * 512, dtype=torch.float64), "geglu",
+            "halves", e4m3, {"granularity": "group", "group_size": 64}),
+        "float16 token, ALIGN 1, interleaved": ("quantize", unaligned.half(), "swiglu",
+            "interleaved", e4m3),
+        "bfloat16 mx, ALIGN 1": ("quantize", unaligned[:, :512], "swiglu", "halves", e4m3, {
+            "granularity": "mx"}),
+    }  # fmt: skip
+    examples = {}
+    for name, (kernel, x, function, layout, out_dtype, *options) in calls.items():
+        examples[name] = _fp8_example(kernel, x, function, layout, out_dtype, **dict(*options))
+    return examples
+
+
+def compile_fp8(job: dict, arch: int) -> dict:
+    """Compiles one FP8 launch for sm_<arch>: its ptxas report and access widths."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from glu_fused._triton import fp8
+
+    kernel = fp8.quantize_kernel if job["kernel"] == "quantize" else fp8.amax_kernel
+    constexprs = {**job["constexprs"], "BLOCK_R": job["block_r"], "BLOCK_E": job["block_e"]}
+    constexprs["COMPUTE"] = _FP8_COMPUTE[constexprs["COMPUTE"]]
+    pointers = {"q_ptr": "*u8", "s_ptr": "*fp32", "amax_ptr": "*i32"}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointers.get(name, POINTER_TYPES[job["dtype"]])
+        elif name in ("alpha", "limit", "eps"):
+            signature[name] = "fp64"
+        else:
+            signature[name] = "i64"
+    log = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(log):
+        compiled = triton.compile(
+            ASTSource(kernel, signature, constexprs, {}),
+            target=GPUTarget("cuda", arch, 32),
+            options=job["options"],
+        )
+    return {
+        "seconds": time.perf_counter() - start,
+        **_ptxas_report(log.getvalue()),
+        "access": _access_widths(compiled.asm["ptx"]),
+        "div_rn": len(re.findall(r"\bdiv\.rn\.f32\b", compiled.asm["ptx"])),
+    }
+
+
 # ---- the worker: compiles, in a process without $TRITON_INTERPRET -------------------------
 
 
@@ -454,21 +558,40 @@ def worker(arch: int, jobs: list[tuple[Spec, bool]], cdf: str) -> dict:
     }
 
 
+def fp8_worker(arch: int, jobs: dict[str, dict]) -> dict:
+    """Compiles every FP8 launch for sm_<arch>."""
+    start = time.perf_counter()
+    records = {}
+    for name, job in jobs.items():
+        try:
+            records[name] = compile_fp8(job, arch)
+        except Exception as e:  # reported by the test, with the launch's name
+            records[name] = {"error": f"{type(e).__name__}: {e}"[-2000:]}
+    return {"arch": arch, "wall": time.perf_counter() - start, "records": records}
+
+
 if __name__ == "__main__":
     _arch, _cdf, _jobs_file, _out_file = sys.argv[1:]
     with open(_jobs_file) as f:
-        _jobs = [(Spec(*spec), count) for spec, count in json.load(f)]
+        _loaded = json.load(f)
+    if _cdf == "fp8":
+        _result = fp8_worker(int(_arch), _loaded)
+    else:
+        _result = worker(int(_arch), [(Spec(*spec), count) for spec, count in _loaded], _cdf)
     with open(_out_file, "w") as f:
-        json.dump(worker(int(_arch), _jobs, _cdf), f)
+        json.dump(_result, f)
     sys.exit(0)
 
 
 # ---- the tests ------------------------------------------------------------------------------
 
 
-def _start_worker(arch: int, jobs: list[tuple[Spec, bool]], cdf: str, folder) -> tuple:
+def _start_worker(arch: int, jobs, cdf: str, folder) -> tuple:
+    """A worker compiling `jobs`: [(Spec, count)], or for cdf "fp8" fp8_examples()."""
     jobs_file, out_file = folder / f"jobs_{arch}_{cdf}.json", folder / f"out_{arch}_{cdf}.json"
-    jobs_file.write_text(json.dumps([[list(spec), count] for spec, count in jobs]))
+    if cdf != "fp8":
+        jobs = [[list(spec), count] for spec, count in jobs]
+    jobs_file.write_text(json.dumps(jobs))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(
         TRITON_CACHE_DIR=str(folder / f"cache_{arch}_{cdf}"),
@@ -659,3 +782,44 @@ def test_print_summary(codegen, capsys):
     with capsys.disabled():
         print("\n" + text)
     assert "instructions per output" in text
+
+
+# ---- the fused FP8 kernels ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fp8_codegen(tmp_path_factory) -> dict[int, dict]:
+    """fp8_examples() compiled for each architecture: {arch: {name: record}}."""
+    folder = tmp_path_factory.mktemp("triton_fp8_codegen")
+    jobs = fp8_examples()
+    workers = {arch: _start_worker(arch, jobs, "fp8", folder) for arch in ARCHS}
+    return {arch: _finish(*w)["records"] for arch, w in workers.items()}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fp8_kernels_compile_without_spills_and_read_align_wide(fp8_codegen, arch):
+    examples = fp8_examples()
+    problems = []
+    for name, r in fp8_codegen[arch].items():
+        if "error" in r:
+            problems.append(f"{name}: {r['error']}")
+            continue
+        if r["spill_stores"] or r["spill_loads"] or r["stack"]:
+            problems.append(
+                f"{name}: spills ({r['spill_stores']}, {r['spill_loads']}, {r['stack']})"
+            )
+        job = examples[name]
+        # The scale's divisions are IEEE (div.rn), not Triton's float32 `/` (div.full, or
+        # approximate): s = m / FP8_MAX and r = 1 / s, r alone where the scale is static or
+        # a floor; at least one div.rn each (a thread holding several blocks has copies).
+        c = job["constexprs"]
+        divisions = 1 if c.get("STATIC") or c.get("RULE") == 2 else 2  # the floor rule: r only
+        if job["kernel"] == "quantize" and r["div_rn"] < divisions:
+            problems.append(f"{name}: {r['div_rn']} div.rn.f32 in its PTX")
+        width = job["constexprs"]["ALIGN"] * getattr(torch, job["dtype"]).itemsize
+        if width not in {int(w) for w in r["access"]["ld"]}:
+            problems.append(f"{name}: no {width}-byte loads, {r['access']['ld']}")
+    assert {name for name in examples} == set(fp8_codegen[arch])
+    assert not problems, f"sm_{arch}:\n" + "\n".join(problems)
+    with_loop = [n for n, j in examples.items() if j["constexprs"].get("LOOP")]
+    assert with_loop and any(j["kernel"] == "amax" for j in examples.values())

@@ -17,7 +17,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
+#include <vector>
 
 #include "../glu_dispatch.h"
 #include "../glu_kernels.h"
@@ -726,6 +728,15 @@ struct Staging {
   static constexpr int kMinBlocksPerSm = 2;
 };
 
+// FP8 output (glu_fp8.cu): the items whose activations a thread keeps from its first phase to
+// its last, all their loads issued first (a row longer than kItems items a thread computes
+// the rest again once its amax is known), with the gate and the value loaded for each.
+struct Fp8Staging {
+  static constexpr int kItems = 2;
+  static constexpr int kInputs = kForwardInputs;
+  static constexpr int kMinBlocksPerSm = 3;
+};
+
 // Calls load(u, e) then finish(u, e) for each full item u of a thread's stretch, and
 // edge(begin, end) for the outputs that no full item covers: the one item that the run's end
 // cuts short, and the run's head. Each phase is one unrolled loop, so that all the items'
@@ -757,6 +768,21 @@ template <typename Thread>
 __global__ void __launch_bounds__(kThreads, Thread::kMinBlocksPerSm)
     glu_kernel(const Thread thread) {
   thread(blockIdx.x, threadIdx.x);
+}
+
+// A thread body in phases with a barrier between them (__syncthreads): what the threads of
+// a block share (Thread::Shared, in shared memory) and what each keeps (Thread::State, in
+// registers) carry across. Every thread runs every phase, so every barrier is reached.
+template <typename Thread>
+__global__ void __launch_bounds__(kThreads, Thread::kMinBlocksPerSm)
+    glu_phased_kernel(const Thread thread) {
+  __shared__ typename Thread::Shared shared;
+  typename Thread::State state;
+#pragma unroll
+  for (int phase = 0; phase < Thread::kPhases; ++phase) {
+    if (phase > 0) __syncthreads();
+    thread(phase, blockIdx.x, threadIdx.x, state, shared);
+  }
 }
 
 // $GLU_FUSED_EMULATE_CUDA_TRACE: a line on stderr for each emulated launch.
@@ -794,6 +820,30 @@ struct Executor {
     glu_kernel<Thread><<<tiling.blocks, kThreads, 0, stream>>>(thread);
     return cudaGetLastError();
   }
+
+  // A phased thread body over `blocks` blocks. On the host, block by block: each phase runs
+  // every thread before the next begins (the barrier), over shared memory that starts as
+  // NaN, so that a read of what no thread wrote changes a result.
+  template <typename Thread>
+  int run_phased(uint32_t blocks, const Thread& thread, const char* path) const {
+    if (on_host) {
+      emulated_accesses = {};
+      std::vector<typename Thread::State> states(kThreads);
+      auto shared = std::make_unique<typename Thread::Shared>();
+      for (uint32_t b = 0; b < blocks; ++b) {
+        std::memset(static_cast<void*>(shared.get()), 0xff, sizeof(typename Thread::Shared));
+        for (auto& state : states) state = typename Thread::State{};
+        for (int phase = 0; phase < Thread::kPhases; ++phase) {
+          for (uint32_t t = 0; t < kThreads; ++t) thread(phase, b, t, states[t], *shared);
+        }
+      }
+      trace_emulated(Thread::kDirection, path, emulated_accesses);
+      return cudaSuccess;
+    }
+    if (blocks == 0) return cudaSuccess;
+    glu_phased_kernel<Thread><<<blocks, kThreads, 0, stream>>>(thread);
+    return cudaGetLastError();
+  }
 };
 
 // Plans the tiling for an access path and runs the thread body that `make(tiling, Access{})`
@@ -811,18 +861,34 @@ int run_path(const Executor& exec, const PairLayout& layout, const Make& make) {
 // `aligned`; 16-byte accesses for the bulk of each run where the tensors are merely
 // `vectorizable` (the phased paths); else one element at a time. Interleaved pairs or
 // separate halves, as the layout's elem_stride says.
+// f(Access{}) for that path; kAligned false: no aligned variants (vectorizable layouts take
+// the phased ones) and float64 scalar only, so fewer are compiled.
+template <typename scalar_t, bool kAligned = true, typename F>
+int with_access(const PairLayout& layout, bool vectorizable, bool aligned, const F& f) {
+  if (!vectorizable) return f(ScalarAccess<scalar_t>{});
+  const bool pairs = layout.elem_stride == 2;
+  if constexpr (kAligned) {
+    if (aligned) {
+      return pairs ? f(VectorAccess<scalar_t, true, false>{})
+                   : f(VectorAccess<scalar_t, false, false>{});
+    }
+  }
+  if constexpr (sizeof(scalar_t) == 8 && !kAligned) {
+    return f(ScalarAccess<scalar_t>{});
+  } else {
+    return pairs ? f(VectorAccess<scalar_t, true, true>{})
+                 : f(VectorAccess<scalar_t, false, true>{});
+  }
+}
+
+// Runs the thread body that make(tiling, Access{}) returns on that path.
 template <typename scalar_t, int kInputs, typename Make>
 int run_fastest_path(const Executor& exec, const PairLayout& layout, bool vectorizable,
                      bool aligned, const Make& make) {
   constexpr int kItems = Staging<scalar_t, kInputs>::kItems;
-  if (!vectorizable) return run_path<ScalarAccess<scalar_t>, kItems>(exec, layout, make);
-  const bool pairs = layout.elem_stride == 2;
-  if (aligned) {
-    return pairs ? run_path<VectorAccess<scalar_t, true, false>, kItems>(exec, layout, make)
-                 : run_path<VectorAccess<scalar_t, false, false>, kItems>(exec, layout, make);
-  }
-  return pairs ? run_path<VectorAccess<scalar_t, true, true>, kItems>(exec, layout, make)
-               : run_path<VectorAccess<scalar_t, false, true>, kItems>(exec, layout, make);
+  return with_access<scalar_t>(layout, vectorizable, aligned, [&](auto access) {
+    return run_path<decltype(access), kItems>(exec, layout, make);
+  });
 }
 
 // The emulation returns what a launch would: a cudaError_t that the GPU's caller checks
