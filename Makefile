@@ -5,7 +5,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: test test-full test-cuda-emulated test-oldest gpu-check-dry-run install deps bench-deps lint bench \
+.PHONY: test test-full test-cuda-emulated test-cpu-levels test-oldest gpu-check-dry-run install deps bench-deps lint bench \
 	gpu-check wheelhouse clean
 
 # Both cores (pytest-xdist): TEST_WORKERS=0 runs the suite in one process. `loadscope` hands
@@ -17,6 +17,7 @@ PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadsc
 test: install lint
 	$(PYTEST) tests
 	$(MAKE) test-cuda-emulated
+	$(MAKE) test-cpu-levels
 
 # The longer tier: every covering design as its full product (tests/covering.py), Triton's
 # interpreter included, and the codegen suites for sm_80 as well as sm_90.
@@ -35,6 +36,18 @@ test-cuda-emulated:
 		GLU_FUSED_EMULATE_CUDA=1 $(PYTHON) -m pytest -q -k "cpu or emulation" $(EMULATED_SUITES); \
 	elif [ "$$CI" = true ]; then echo "CI: glu_fused was built without CUDA kernels"; exit 1; \
 	else echo "glu_fused was built without CUDA kernels: no emulated run"; fi
+
+# The suites' CPU cases again at every other SIMD level of the CPU kernels this host runs
+# (ATEN_CPU_CAPABILITY lowers torch's level and, with it, the kernels'; the main run took the
+# highest). tests/test_cpu_levels.py compares the levels' bits.
+CPU_LEVEL_SUITES := tests/test_numerics.py tests/test_extremes.py tests/test_determinism.py \
+	tests/test_lean_mlp.py tests/test_fp8.py
+test-cpu-levels:
+	@for level in $$($(PYTHON) -c "from glu_fused.backends import extension as e; \
+			print(*e.runnable_cpu_levels()[:-1])"); do \
+		echo "CPU kernels at $$level:"; \
+		ATEN_CPU_CAPABILITY=$$level $(PYTHON) -m pytest -q -k cpu $(CPU_LEVEL_SUITES) || exit 1; \
+	done
 
 # The oldest torch supported, as the GPU machine has it: torch 2.11.0 and triton 3.6.0 on
 # Python 3.12 (pyenv's), in a virtual environment of its own. The extension is built in place

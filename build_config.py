@@ -2,10 +2,14 @@
 
 Kept apart from setup.py so that tests can check the decisions without building.
 
-* CPU kernels: always. Compiled for one SIMD level of ATen's Vectorized: by default the
-  best this machine runs (as torch reports it), capped at avx2, or
-  $GLU_FUSED_CPU_CAPABILITY (default, avx2, avx512). avx512 compiles but has not run on
-  an AVX-512 machine yet, so it is only built when asked for.
+* CPU kernels: always. csrc/cpu/glu_cpu.cpp is compiled once per SIMD level of ATen's
+  Vectorized, as ATen compiles its own kernels: on x86-64 default, avx2 and avx512, each in
+  its own namespace (CPU_CAPABILITY), and the extension picks one at load from torch's
+  at::get_cpu_capability() (csrc/cpu/glu_cpu_levels.cpp), so ATEN_CPU_CAPABILITY moves it
+  with torch's. Other architectures build the default level. $GLU_FUSED_CPU_CAPABILITY
+  (default, avx2, avx512) builds that one level alone. Only the levels' objects get the
+  ISA's flags: the rest of the extension is baseline code, linked first, so that an inline
+  function compiled into several levels (one definition kept) is the baseline's.
 * CUDA kernels: when csrc/cuda has kernels, nvcc is found and torch is a CUDA build
   (torch.version.cuda). Never decided from torch.cuda.is_available(): a machine without a
   GPU still compiles and links them. $GLU_FUSED_CUDA=0 turns them off, =1 makes their
@@ -62,21 +66,22 @@ def find_cuda_home(environ=os.environ) -> str | None:
     return None
 
 
-def cpu_capability(torch_capability: str, environ=os.environ) -> str:
-    """The SIMD level to compile the CPU kernels for."""
+def cpu_levels(environ=os.environ, machine: str | None = None) -> tuple[str, ...]:
+    """The SIMD levels to compile the CPU kernels for, lowest first."""
     asked = environ.get("GLU_FUSED_CPU_CAPABILITY", "").strip().lower()
     if asked:
         if asked not in CPU_CAPABILITIES:
             raise ValueError(
                 f"GLU_FUSED_CPU_CAPABILITY={asked!r}: expected one of {CPU_CAPABILITIES}"
             )
-        return asked
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return "default"
-    here = torch_capability.lower()
-    if here == "avx512":
-        return "avx2"  # avx512: only when asked for, until it has been tested on such a CPU
-    return here if here in CPU_CAPABILITIES else "default"
+        return (asked,)
+    machine = (machine or platform.machine()).lower()
+    return CPU_CAPABILITIES if machine in ("x86_64", "amd64") else ("default",)
+
+
+def cpu_level_flags(level: str) -> list[str]:
+    """The compile flags of one level's CPU kernels: its ISA, and ATen's namespace for it."""
+    return [*_CPU_FLAGS[level], f"-DCPU_CAPABILITY={level.upper()}"]
 
 
 def nvcc_archs(cuda_home: str | None) -> set[str]:
@@ -110,11 +115,18 @@ def default_cuda_archs(available: set[str]) -> str:
 class BuildPlan:
     with_cuda: bool
     reason: str
-    cpu_capability: str
+    cpu_levels: tuple[str, ...]
     sources: list[str] = field(default_factory=list)
     cxx_flags: list[str] = field(default_factory=list)
     nvcc_flags: list[str] = field(default_factory=list)
     link_flags: list[str] = field(default_factory=lambda: ["-fopenmp"])
+
+
+def dependencies() -> list[str]:
+    """What the extension is built from besides its sources: the headers, the CPU kernels."""
+    found = glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)
+    found += glob.glob(os.path.join(CSRC, "**", "*.cuh"), recursive=True)
+    return sorted([*found, CPU_KERNELS])
 
 
 def cuda_sources() -> list[str]:
@@ -142,37 +154,36 @@ def cuda_decision(
     return False, missing
 
 
-# The extension's C++ sources besides the CUDA kernels: the ops and their plans, autograd, the
-# Python module, the CPU kernels.
+# The extension's C++ sources besides the CUDA kernels and the CPU kernels: the ops and their
+# plans, autograd, the Python module, the choice of the CPU kernels' level.
 CXX_SOURCES = (
     "glu_ops.cpp",
     "glu_plan.cpp",
     "glu_autograd.cpp",
     "glu_python.cpp",
-    "cpu/glu_cpu.cpp",
+    "cpu/glu_cpu_levels.cpp",
 )
+# The CPU kernels, compiled once per level (setup.py), each with cpu_level_flags(level).
+CPU_KERNELS = os.path.join(CSRC, "cpu", "glu_cpu.cpp")
 
 
 def plan(
-    torch_cuda_version: str | None,
-    torch_capability: str,
-    environ=os.environ,
-    torch_version: str = "unknown",
+    torch_cuda_version: str | None, environ=os.environ, torch_version: str = "unknown"
 ) -> BuildPlan:
     cuda_home = find_cuda_home(environ)
     kernels = cuda_sources()
     with_cuda, reason = cuda_decision(torch_cuda_version, cuda_home, kernels, environ)
-    capability = cpu_capability(torch_capability, environ)
+    levels = cpu_levels(environ)
     sources = [os.path.join(CSRC, source) for source in CXX_SOURCES]
     defines = [
-        f'-DGLU_FUSED_CPU_CAPABILITY="{capability}"',
         f'-DGLU_FUSED_TORCH_VERSION="{torch_version}"',
+        *(f"-DGLU_FUSED_CPU_LEVEL_{level.upper()}" for level in levels),
     ]
     # -fopenmp: at::parallel_for is inline, and runs serially where OpenMP is off.
-    cxx = ["-O3", "-fno-math-errno", "-fopenmp", *defines, *_CPU_FLAGS[capability]]
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp", *defines]
     nvcc = []
     if with_cuda:
         sources += kernels
         cxx.append("-DGLU_FUSED_WITH_CUDA")
         nvcc = ["-O3", "-DGLU_FUSED_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
-    return BuildPlan(with_cuda, reason, capability, sources, cxx, nvcc)
+    return BuildPlan(with_cuda, reason, levels, sources, cxx, nvcc)

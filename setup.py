@@ -3,6 +3,7 @@ are present. The decisions live in build_config.py."""
 
 import os
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build_config  # noqa: E402
@@ -20,14 +21,56 @@ import torch  # noqa: E402
 from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-plan = build_config.plan(
-    torch.version.cuda, torch.backends.cpu.get_cpu_capability(), torch_version=torch.__version__
-)
+plan = build_config.plan(torch.version.cuda, torch_version=torch.__version__)
 print(
-    f"glu_fused: CPU kernels for {plan.cpu_capability}; CUDA kernels: "
+    f"glu_fused: CPU kernels for {', '.join(plan.cpu_levels)}; CUDA kernels: "
     f"{'yes' if plan.with_cuda else 'no'} ({plan.reason})",
     file=sys.stderr,
 )
+
+
+class BuildWithCpuLevels(BuildExtension):
+    """torch's build, and the CPU kernels compiled once per level (build_config.cpu_levels),
+    each with its own flags, beside the other sources' compile; their objects are linked
+    after the others, lowest level first (build_config's docstring says why)."""
+
+    def build_extension(self, ext):
+        source = os.path.relpath(build_config.CPU_KERNELS)
+        compiles = []
+        for level in plan.cpu_levels:
+            out = os.path.abspath(os.path.join(self.build_temp, f"cpu_{level}"))
+            flags = [*ext.extra_compile_args["cxx"], *build_config.cpu_level_flags(level)]
+            compiles.append((out, {"cxx": flags}))
+            ext.extra_objects.extend(self.compiler.object_filenames([source], output_dir=out))
+        errors = []
+
+        def compile_level(out, flags):
+            try:
+                self.compiler.compile([source], output_dir=out, include_dirs=ext.include_dirs,
+                                      extra_postargs=flags)  # fmt: skip
+            except Exception as error:  # re-raised before the link
+                errors.append(error)
+
+        threads = [threading.Thread(target=compile_level, args=c) for c in compiles]
+        for thread in threads:
+            thread.start()
+        link = self.compiler.link_shared_object
+
+        def link_after_the_levels(*args, **kwargs):
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise errors[0]
+            return link(*args, **kwargs)
+
+        self.compiler.link_shared_object = link_after_the_levels
+        try:
+            super().build_extension(ext)
+        finally:
+            self.compiler.link_shared_object = link
+            for thread in threads:
+                thread.join()
+
 
 Extension = CUDAExtension if plan.with_cuda else CppExtension
 compile_args = {"cxx": plan.cxx_flags}
@@ -42,7 +85,8 @@ setup(
             include_dirs=[build_config.CSRC],
             extra_compile_args=compile_args,
             extra_link_args=plan.link_flags,
+            depends=build_config.dependencies(),
         )
     ],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildWithCpuLevels.with_options(use_ninja=True)},
 )

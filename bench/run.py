@@ -97,17 +97,30 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_level() -> str:
+    """The SIMD level of the CPU kernels in use (chosen at load from torch's)."""
+    from glu_fused.backends import extension
+
+    return extension.cpu_capability() or torch.backends.cpu.get_cpu_capability().lower()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU: {_cpu_model()}"
+    return f"CPU: {_cpu_model()}, {_cpu_level()} kernels"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def device_slug(device: torch.device) -> str:
-    """The results folder: 'cpu', or the GPU's name, e.g. 'nvidia-h100-80gb-hbm3'."""
+    """The results folder: the CPU's model and the kernels' level, e.g.
+    'cpu-amd-epyc-avx512', so that machines' results sit side by side; or the GPU's name,
+    e.g. 'nvidia-h100-80gb-hbm3'."""
     if device.type == "cpu":
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+        return f"cpu-{_slug(_cpu_model())}-{_cpu_level()}"
+    return _slug(torch.cuda.get_device_name(device))
 
 
 def environment(device: torch.device) -> dict[str, object]:

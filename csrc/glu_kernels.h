@@ -80,9 +80,13 @@ struct Fp8Call {
   unsigned* tensor_amax = nullptr;
 };
 
+// The CPU kernels (csrc/cpu/), of the SIMD level chosen at load (csrc/cpu/glu_cpu_levels.cpp).
 void gated_forward_cpu(const ForwardCall& call);
 void gated_forward_fp8_cpu(const Fp8Call& call);
 void gated_backward_cpu(const BackwardCall& call);
+// The level in use ("default", "avx2", "avx512") and the levels built, lowest first.
+const char* cpu_level();
+const char* cpu_levels_built();
 
 // The CUDA kernels (csrc/cuda/), built when setup.py finds nvcc and a CUDA torch. `stream`
 // is a cudaStream_t; the result is the cudaError_t of the launch (0: cudaSuccess).

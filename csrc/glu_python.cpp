@@ -265,9 +265,6 @@ void define_table(py::module_& m) {
   m.attr("FAMILIES") = py::make_tuple(kFamilyNames[0], kFamilyNames[1]);
 }
 
-#ifndef GLU_FUSED_CPU_CAPABILITY
-#define GLU_FUSED_CPU_CAPABILITY "default"
-#endif
 #ifndef GLU_FUSED_TORCH_VERSION
 #define GLU_FUSED_TORCH_VERSION "unknown"
 #endif
@@ -279,7 +276,9 @@ void define_build(py::module_& m) {
   m.attr("WITH_CUDA") = 0;
 #endif
   m.attr("EMULATE_CUDA") = emulates_cuda() ? 1 : 0;
-  m.attr("CPU_CAPABILITY") = GLU_FUSED_CPU_CAPABILITY;
+  // The CPU kernels' level in use, chosen at load, and the levels built.
+  m.attr("CPU_CAPABILITY") = cpu_level();
+  m.attr("CPU_LEVELS") = cpu_levels_built();
   m.attr("TORCH_VERSION") = GLU_FUSED_TORCH_VERSION;  // the torch it was built against
 }
 

@@ -348,3 +348,14 @@ def test_report_spread_marks_a_speedup_within_it_as_level():
         header, table = report.summary(results)
         assert table[0][header.index("speedup at largest")] == mark
         assert table[0][header.index("worst spread %")] == "10.0"
+
+
+def test_cpu_results_are_named_by_the_cpu_model_and_the_kernels_level():
+    """An AVX2 and an AVX-512 machine's results go to folders of their own."""
+    from glu_fused.backends import extension
+
+    level = extension.cpu_capability()
+    slug = run.device_slug(CPU)
+    assert slug.startswith("cpu-") and slug.endswith(f"-{level}"), slug
+    assert slug != f"cpu-{level}", "the CPU's model is missing"
+    assert f"{level} kernels" in run.device_name(CPU)

@@ -15,6 +15,7 @@ sys.path.insert(0, ROOT)
 from conftest import skip_outside_ci  # noqa: E402
 
 import build_config  # noqa: E402
+import glu_fused  # noqa: E402
 from glu_fused.backends import extension  # noqa: E402
 
 
@@ -43,18 +44,26 @@ def test_cuda_switch_off():
     assert not ok and "GLU_FUSED_CUDA=0" in why
 
 
-def test_cpu_capability_follows_torch_or_the_environment():
-    assert build_config.cpu_capability("AVX2", environ={}) in ("avx2", "default")
-    assert (
-        build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "default"})
-        == "default"
-    )
-    assert build_config.cpu_capability("NO AVX", environ={}) == "default"
-    assert build_config.cpu_capability("AVX512", environ={}) in ("avx2", "default")
-    avx512 = build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "avx512"})
-    assert avx512 == "avx512"
+def test_cpu_levels_are_every_x86_level_or_the_one_asked_for():
+    every = ("default", "avx2", "avx512")
+    assert build_config.cpu_levels(environ={}, machine="x86_64") == every
+    assert build_config.cpu_levels(environ={}, machine="AMD64") == every
+    assert build_config.cpu_levels(environ={}, machine="aarch64") == ("default",)
+    asked = {"GLU_FUSED_CPU_CAPABILITY": "avx512"}
+    assert build_config.cpu_levels(environ=asked, machine="x86_64") == ("avx512",)
     with pytest.raises(ValueError, match="GLU_FUSED_CPU_CAPABILITY"):
-        build_config.cpu_capability("AVX2", environ={"GLU_FUSED_CPU_CAPABILITY": "sse9"})
+        build_config.cpu_levels(environ={"GLU_FUSED_CPU_CAPABILITY": "sse9"})
+
+
+def test_only_the_cpu_levels_get_isa_flags():
+    """The ISA flags go to the levels' objects alone: the rest of the extension (and the
+    choice of level) must run on any CPU of the architecture."""
+    plan = build_config.plan(None, environ={"GLU_FUSED_CUDA": "0"})
+    assert not any(flag.startswith(("-mavx", "-DCPU_CAPABILITY")) for flag in plan.cxx_flags)
+    assert build_config.CPU_KERNELS not in plan.sources
+    assert "-DCPU_CAPABILITY=AVX512" in build_config.cpu_level_flags("avx512")
+    assert "-mavx512f" in build_config.cpu_level_flags("avx512")
+    assert build_config.cpu_level_flags("default") == ["-DCPU_CAPABILITY=DEFAULT"]
 
 
 def test_cuda_home_skips_the_nvcc_wrapper(tmp_path):
@@ -67,14 +76,19 @@ def test_cuda_home_skips_the_nvcc_wrapper(tmp_path):
 def test_extension_is_built_and_loaded():
     spec = importlib.util.find_spec("glu_fused._C")
     assert spec is not None, "glu_fused._C was not built"
-    assert extension.built_cpu_capability() in build_config.CPU_CAPABILITIES
+    assert extension.built_cpu_levels() == build_config.cpu_levels()
 
 
-def test_extension_cpu_kernels_use_this_machines_simd():
-    """A build on this machine compiles for the SIMD level torch runs here (or as asked)."""
-    asked = os.environ.get("GLU_FUSED_CPU_CAPABILITY")
-    expected = asked or build_config.cpu_capability(torch.backends.cpu.get_cpu_capability(), {})
-    assert extension.built_cpu_capability() == expected
+def test_extension_cpu_kernels_run_torchs_simd_level():
+    """The level in use is torch's, where it was built (every level is, unless one was asked
+    for), and backend_status says which."""
+    here = torch.backends.cpu.get_cpu_capability().lower()
+    built = extension.built_cpu_levels()
+    if here in built:
+        assert extension.cpu_capability() == here
+    elif os.environ.get("GLU_FUSED_CPU_CAPABILITY"):
+        pytest.skip(f"one level built ({built}), and torch runs {here}")
+    assert glu_fused.backend_status()["cpu"] == f"available ({here} kernels)"
 
 
 def test_cuda_kernels_are_built_wherever_they_can_be():

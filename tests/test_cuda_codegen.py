@@ -96,7 +96,7 @@ class Kernel:
 
 
 def nvcc_flags() -> list[str]:
-    plan = build_config.plan("13.0", "default", environ={**os.environ, "GLU_FUSED_CUDA": "1"})
+    plan = build_config.plan("13.0", environ={**os.environ, "GLU_FUSED_CUDA": "1"})
     return [
         *cpp_extension.COMMON_NVCC_FLAGS,
         *plan.nvcc_flags,

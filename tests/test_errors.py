@@ -111,10 +111,10 @@ def test_ops_called_directly_check_their_arguments(backend_name):
 def test_forced_backend_that_cannot_run_says_why():
     x = torch.randn(4, 8)
     for name, reason in glu_fused.backend_status().items():
-        if reason != "available":
+        if not reason.startswith("available"):
             with glu_fused.use_backend(name), pytest.raises(RuntimeError, match="cannot run"):
                 glu_fused.swiglu(x)
-    if glu_fused.backend_status()["cpu"] == "available":
+    if glu_fused.backend_status()["cpu"].startswith("available"):
         with glu_fused.use_backend("cpu"), pytest.raises(RuntimeError, match="runs cpu tensors"):
             glu_fused.swiglu(torch.randn(4, 8, device="meta"))
 

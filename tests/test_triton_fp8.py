@@ -387,7 +387,7 @@ def test_empty_inputs():
     "results are not the CPU backend's",
 )
 def test_bfloat16_agrees_with_the_cpu_backend_where_the_plain_results_do():
-    if glu_fused.backend_status()["cpu"] != "available":
+    if not glu_fused.backend_status()["cpu"].startswith("available"):
         pytest.skip("the CPU backend is not built")
     x = random_input((16, 2 * 256), torch.bfloat16)
     with torch.no_grad():

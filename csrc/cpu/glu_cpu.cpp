@@ -1,5 +1,7 @@
-// The CPU kernels: one pass over memory, SIMD through ATen's Vectorized (the ISA chosen at
-// build time, see build_config.py), parallel over cores with at::parallel_for.
+// The CPU kernels: one pass over memory, SIMD through ATen's Vectorized, parallel over cores
+// with at::parallel_for. Compiled once per SIMD level (build_config.py), as ATen's kernels
+// are: CPU_CAPABILITY (DEFAULT, AVX2, AVX512) names the level's namespace, here and in
+// ATen's Vectorized, and CPU_CAPABILITY_AVX2 / _AVX512 select Vectorized's implementation.
 //
 // Every element, tails included, goes through the same vector code: a short stretch is
 // loaded into a zero-padded vector and stored back partially. So an element's result never
@@ -24,6 +26,10 @@
 #include "../glu_dispatch.h"
 #include "../glu_kernels.h"
 #include "vec_math.h"
+
+#ifndef CPU_CAPABILITY
+#error "glu_cpu.cpp is compiled once per level, with -DCPU_CAPABILITY=<level> (setup.py)"
+#endif
 
 namespace glu_fused {
 namespace {
@@ -627,10 +633,14 @@ struct CpuTypes {
 
 }  // namespace
 
+// This level's entry points (glu_cpu_levels.cpp chooses among the levels built).
+namespace CPU_CAPABILITY {
+
 void gated_forward_cpu(const ForwardCall& call) { dispatch<ForwardKernel, CpuTypes>(call); }
 
 void gated_backward_cpu(const BackwardCall& call) { dispatch<BackwardKernel, CpuTypes>(call); }
 
 void gated_forward_fp8_cpu(const Fp8Call& call) { dispatch<Fp8ForwardKernel, CpuTypes>(call); }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace glu_fused

@@ -58,8 +58,17 @@ def available_backends() -> list[str]:
 
 
 def backend_status() -> dict[str, str]:
-    """Every backend with "available" or the reason it is not."""
-    return {name: b.unavailable_reason() or "available" for name, b in BACKENDS.items()}
+    """Every backend with "available" (the CPU's: "available (avx512 kernels)", the SIMD level
+    in use) or the reason it is not."""
+    return {name: _status(b) for name, b in BACKENDS.items()}
+
+
+def _status(backend: Backend) -> str:
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        return reason
+    detail = getattr(backend, "detail", None)
+    return f"available ({detail()})" if detail is not None else "available"
 
 
 def current_backend() -> str:

@@ -8,26 +8,37 @@ import torch
 from .._extension import _C, UNAVAILABLE
 from .base import OpsBackend
 
-# torch's names for the SIMD levels, lowest first.
-_CPU_LEVELS = ("default", "avx2", "avx512")
 
-
-def built_cpu_capability() -> str | None:
-    """The SIMD level the CPU kernels were compiled for, or None without an extension."""
+def cpu_capability() -> str | None:
+    """The SIMD level of the CPU kernels in use ("default", "avx2", "avx512"), chosen at load
+    from torch's (ATEN_CPU_CAPABILITY moves both); "none" where the one level built is above
+    it; None without an extension."""
     return None if _C is None else _C.CPU_CAPABILITY
+
+
+def built_cpu_levels() -> tuple[str, ...]:
+    """The SIMD levels the CPU kernels were compiled for, lowest first."""
+    return () if _C is None else tuple(_C.CPU_LEVELS.split(","))
+
+
+def runnable_cpu_levels() -> tuple[str, ...]:
+    """The levels built that this process's torch runs (ATEN_CPU_CAPABILITY caps it)."""
+    levels = ("default", "avx2", "avx512")
+    here = torch.backends.cpu.get_cpu_capability().lower()
+    top = levels.index(here) if here in levels else 0
+    return tuple(level for level in built_cpu_levels() if levels.index(level) <= top)
 
 
 def _cpu_reason() -> str | None:
     if _C is None:
         return UNAVAILABLE
-    built = _C.CPU_CAPABILITY
-    here = torch.backends.cpu.get_cpu_capability().lower()
-    if built in _CPU_LEVELS and here in _CPU_LEVELS:
-        if _CPU_LEVELS.index(built) > _CPU_LEVELS.index(here):
-            return (
-                f"the CPU kernels were built for {built} but this CPU runs {here}; "
-                "rebuild with GLU_FUSED_CPU_CAPABILITY=default"
-            )
+    if _C.CPU_CAPABILITY == "none":
+        here = torch.backends.cpu.get_cpu_capability().lower()
+        return (
+            f"the CPU kernels were built for {_C.CPU_LEVELS} alone (GLU_FUSED_CPU_CAPABILITY) "
+            f"and torch runs {here} here; rebuild without GLU_FUSED_CPU_CAPABILITY, which "
+            "builds every level"
+        )
     return None
 
 
@@ -65,6 +76,9 @@ class CpuBackend(_ExtensionBackend):
 
     def unavailable_reason(self) -> str | None:
         return _CPU_REASON
+
+    def detail(self) -> str:
+        return f"{cpu_capability()} kernels"
 
 
 class CudaBackend(_ExtensionBackend):
