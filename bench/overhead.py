@@ -9,7 +9,7 @@ backward at most 1.5x; swiglu no slower than the three-op eager SwiGLU.
 
     python bench/overhead.py                      # CPU, one thread, [2, 16] float32
     python bench/overhead.py --device cuda        # host time of calls on the GPU
-    python bench/overhead.py --out bench/results/cpu/overhead.md
+    python bench/overhead.py --out bench/results/cpu-amd-epyc-avx2/overhead.md
 """
 
 from __future__ import annotations
