@@ -2,7 +2,7 @@
 and a dashed line for the copy bandwidth; one figure per dtype, a panel per function and
 direction.
 
-    python bench/plot.py bench/results/cpu-amd-epyc-avx2/results.json   # remakes the plots beside it
+    python bench/plot.py bench/results/cpu-amd-epyc-avx2/results.json   # remakes its plots
 """
 
 from __future__ import annotations
