@@ -261,8 +261,9 @@ def parse_trace(stderr: str) -> list[Launch]:
     return launches
 
 
-@pytest.fixture(scope="module")
-def misaligned_run():
+def run_traced(script: str) -> tuple[dict, list[Launch]]:
+    """Runs `script` in a subprocess through the CUDA kernels' emulation, traced and with
+    poisoned outputs: the JSON summary it prints last, and its launches."""
     env = {
         **os.environ,
         "GLU_FUSED_EMULATE_CUDA": "1",
@@ -272,7 +273,7 @@ def misaligned_run():
         "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
     }
     run = subprocess.run(
-        [sys.executable, "-c", SCRIPT, os.path.join(ROOT, "tests")],
+        [sys.executable, "-c", script, os.path.join(ROOT, "tests")],
         capture_output=True,
         text=True,
         env=env,
@@ -280,6 +281,11 @@ def misaligned_run():
     )
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     return json.loads(run.stdout.splitlines()[-1]), parse_trace(run.stderr)
+
+
+@pytest.fixture(scope="module")
+def misaligned_run():
+    return run_traced(SCRIPT)
 
 
 def test_misaligned_layouts_match_the_aligned_path_bitwise(misaligned_run):
@@ -464,23 +470,8 @@ print(json.dumps({"checked": checked}))
 
 @pytest.fixture(scope="module")
 def fp8_run():
-    env = {
-        **os.environ,
-        "GLU_FUSED_EMULATE_CUDA": "1",
-        "GLU_FUSED_EMULATE_CUDA_TRACE": "1",
-        "GLU_FUSED_POISON_OUTPUTS": "1",
-        "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-    }
-    run = subprocess.run(
-        [sys.executable, "-c", FP8_SCRIPT, os.path.join(ROOT, "tests")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
-    launches = [launch for launch in parse_trace(run.stderr) if launch.meta["direction"] == "fp8"]
-    return json.loads(run.stdout.splitlines()[-1]), launches
+    summary, launches = run_traced(FP8_SCRIPT)
+    return summary, [launch for launch in launches if launch.meta["direction"] == "fp8"]
 
 
 def test_fp8_results_are_the_rule_on_every_path(fp8_run):
