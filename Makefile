@@ -60,14 +60,19 @@ NVCC_ONLY_SUITES := tests/test_cuda_codegen.py tests/test_cuda_occupancy.py \
 	tests/test_cuda_sass.py tests/test_cuda_division.py
 OLDEST_PACKAGES := torch==2.11.0 triton==3.6.0 "setuptools>=64" wheel ninja "pytest>=7" \
 	pytest-xdist numpy expecttest "transformers>=5" matplotlib
+# Its CPU kernels are built for the one SIMD level torch runs here (GLU_FUSED_CPU_CAPABILITY):
+# what is checked is torch 2.11's API, and `make test` has built and run every level.
 test-oldest:
 	@test -x $(OLDEST) || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST) -m pip install -q $(OLDEST_PACKAGES)
-	TORCH_CUDA_ARCH_LIST="9.0" $(OLDEST) setup.py -q build_ext --inplace
+	export GLU_FUSED_CPU_CAPABILITY=$$($(OLDEST) -c \
+		"import torch; c = torch.backends.cpu.get_cpu_capability().lower(); \
+		print(c if c in ('avx2', 'avx512') else 'default')") && \
+	TORCH_CUDA_ARCH_LIST="9.0" $(OLDEST) setup.py -q build_ext --inplace && \
 	$(OLDEST) -c "import glu_fused, torch, triton; print('oldest:', torch.__version__, \
-		triton.__version__, glu_fused.backend_status())"
+		triton.__version__, glu_fused.backend_status())" && \
 	$(OLDEST) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests \
-		$(addprefix --ignore=,$(NVCC_ONLY_SUITES))
+		$(addprefix --ignore=,$(NVCC_ONLY_SUITES)) && \
 	$(MAKE) test-cuda-emulated PYTHON=$(OLDEST)
 
 # make gpu-check's stages on the CPU, small: its plumbing, so that a GPU run cannot die of a typo.

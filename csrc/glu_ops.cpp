@@ -153,9 +153,7 @@ std::tuple<Tensor, Tensor> glu_forward_fp8_meta(const Tensor& x, int64_t dim,
 std::tuple<Tensor, Tensor> gated_forward_fp8_meta(const Tensor& gate, const Tensor& value,
                                                   std::string_view activation, GLU_FP8_PARAMS) {
   check_gated(gate, value, activation);
-  TORCH_CHECK_VALUE(gate.dim() > 0, "glu_fused: FP8 output is quantized along the last "
-                    "dim; a 0-dimensional tensor has none");
-  return fp8_results_meta(gate, gate.sym_sizes().vec(), gate.dim() - 1, GLU_FP8_ARGS);
+  return fp8_results_meta(gate, gate.sym_sizes().vec(), gated_fp8_dim(gate), GLU_FP8_ARGS);
 }
 
 #undef GLU_FP8_PARAMS

@@ -649,14 +649,19 @@ Fp8Plan plan_glu_forward_fp8(const Tensor& x, int64_t dim, std::string_view func
   return plan;
 }
 
+int64_t gated_fp8_dim(const Tensor& gate) {
+  TORCH_CHECK_VALUE(gate.dim() > 0, "glu_fused: FP8 output is quantized along the last "
+                    "dim; a 0-dimensional tensor has none");
+  return gate.dim() - 1;
+}
+
 Fp8Plan plan_gated_forward_fp8(const Tensor& gate_in, const Tensor& value_in,
                                std::string_view activation, const Fp8Options& options) {
   Fp8Plan plan;
   plan.inputs.op = check_gated(gate_in, value_in, activation);
   plan.options = options;
-  TORCH_CHECK_VALUE(gate_in.dim() > 0, "glu_fused: FP8 output is quantized along the last "
-                    "dim; a 0-dimensional tensor has none");
-  plan.settings = check_fp8(options, gate_in.sym_sizes(), gate_in.dim() - 1, gate_in.device());
+  plan.settings =
+      check_fp8(options, gate_in.sym_sizes(), gated_fp8_dim(gate_in), gate_in.device());
   finish_fp8_plan(plan, gate_in, gate_in.sizes());
   if (plan.empty()) return plan;
   Tensor gate = gate_in, value = value_in;

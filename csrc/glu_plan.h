@@ -128,6 +128,9 @@ Fp8Plan plan_gated_forward_fp8(const at::Tensor& gate, const at::Tensor& value,
                                std::string_view activation, const Fp8Options& options);
 
 // Meta: (q, scales) of the right shapes, strides and dtypes after the same checks.
+// gated()'s quantized dim, the last: a 0-dimensional pair has none (an error).
+int64_t gated_fp8_dim(const at::Tensor& gate);
+
 std::tuple<at::Tensor, at::Tensor> fp8_results_meta(const at::Tensor& like,
                                                     std::vector<c10::SymInt> out_shape,
                                                     int64_t dim, const Fp8Options& options);

@@ -12,10 +12,6 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
-#include <c10/util/Float8_e4m3fn.h>
-#include <c10/util/Float8_e4m3fnuz.h>
-#include <c10/util/Float8_e5m2.h>
-#include <c10/util/Float8_e5m2fnuz.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
@@ -353,8 +349,10 @@ C10_ALWAYS_INLINE float reduce_nan_max(const VecF& m) {
 
 // y = act(gate) * value of `count` consecutive output elements of one run, as float32 into
 // `y`, through the forward kernel's own vector code (so rounded to scalar_t exactly as the
-// plain result is, where kRound); returns their amax (a NaN among them: NaN).
-template <Activation A, typename scalar_t, bool kPairs, bool kRound>
+// plain result is, where `round`); returns their amax (a NaN among them: NaN). The rounding
+// and the FP8 type are run-time choices: as template arguments they multiplied this file's
+// build eightfold, once per SIMD level.
+template <Activation A, typename scalar_t, bool kPairs>
 struct Activations {
   using L = Lanes<scalar_t>;
   using Math = Gated<A, typename L::Compute>;
@@ -367,6 +365,7 @@ struct Activations {
   PairLayout in;
   const scalar_t* gate;
   const scalar_t* value;
+  bool round;
 
   // Also writes the amax of every `amax_block` elements (a multiple of L::kWidth) to
   // amaxes; kStore false: the amaxes alone (the per-tensor scale's first pass).
@@ -387,8 +386,10 @@ struct Activations {
       L lanes;
       for (int j = 0; j < L::K; ++j) lanes.v[j] = Math::forward(x.gate.v[j], x.value.v[j], p);
       if constexpr (kFloatLanes) {
-        if constexpr (kRound && L::kReduced) {
-          for (int i = 0; i < L::kStorages; ++i) lanes.set(i, lanes.get(i));  // the plain store's rounding
+        if constexpr (L::kReduced) {
+          if (round) {
+            for (int i = 0; i < L::kStorages; ++i) lanes.set(i, lanes.get(i));  // the plain store's
+          }
         }
         // Lanes past n hold the activation of zero inputs, 0: they leave the amax alone.
         for (int j = 0; j < L::K; ++j) {
@@ -423,25 +424,32 @@ struct Activations {
 };
 
 // The bits of the FP8 numbers nearest float32 lanes already saturated to the type's range
-// (ties to even; NaN to the type's NaN, its sign kept), as c10's conversions compute them,
-// but without branches. kMantissa: 3 (e4m3fn) or 2 (e5m2); kBias: 7 or 15. Below the least
-// normal, a float add aligns the bits (the hardware rounds half to even).
-template <int kMantissa, int kBias>
-C10_ALWAYS_INLINE VecI fp8_bits(const VecF& f) {
-  constexpr int kShift = 23 - kMantissa;
-  constexpr int32_t kDenormMask = (127 - kBias + kShift + 1) << 23;
-  constexpr int32_t kLeastNormal = (127 - kBias + 1) << 23;
+// (ties to even; NaN to the type's NaN), as c10's conversions compute them, but without
+// branches: Fp8Encoding::encode (glu_math.h) on vectors. Below the least normal, a float add
+// aligns the bits (the hardware rounds half to even). The fnuz types: one NaN (0x80), no
+// negative zero.
+C10_ALWAYS_INLINE VecI fp8_bits(const VecF& f, const Fp8Encoding& e) {
+  const int shift = 23 - e.mantissa;
+  const int32_t denorm_mask = (127 - e.bias + shift + 1) << 23;
+  const int32_t least_normal = (127 - e.bias + 1) << 23;
   const VecI all = at::vec::cast<int32_t>(f);
   const VecI sign = all & VecI(static_cast<int32_t>(0x80000000u));
   const VecI b = all ^ sign;
   const VecI denormal =
-      at::vec::cast<int32_t>(at::vec::cast<float>(b) + at::vec::cast<float>(VecI(kDenormMask))) -
-      VecI(kDenormMask);
-  const VecI normal = (b + VecI(((kBias - 127) << 23) + (1 << (kShift - 1)) - 1) +
-                       ((b >> VecI(kShift)) & VecI(1))) >> VecI(kShift);
-  VecI bits = VecI::blendv(normal, denormal, b < VecI(kLeastNormal));
-  bits = VecI::blendv(bits, VecI(0x7f), b > VecI(0x7f800000));
-  return bits | (sign >> VecI(24));
+      at::vec::cast<int32_t>(at::vec::cast<float>(b) + at::vec::cast<float>(VecI(denorm_mask))) -
+      VecI(denorm_mask);
+  const auto rebias = static_cast<int32_t>(static_cast<uint32_t>(e.bias - 127) << 23);
+  const VecI normal =
+      (b + VecI(rebias + (1 << (shift - 1)) - 1) + ((b >> VecI(shift)) & VecI(1))) >> VecI(shift);
+  const VecI nan = b > VecI(0x7f800000);
+  VecI bits = VecI::blendv(normal, denormal, b < VecI(least_normal));
+  bits = VecI::blendv(bits, VecI(0x7f), nan);
+  VecI out = bits | (sign >> VecI(24));
+  if (e.fnuz) {
+    out = VecI::blendv(out, VecI(0), bits == VecI(0));
+    out = VecI::blendv(out, VecI(0x80), nan);
+  }
+  return out;
 }
 
 // The low byte of each of the first k lanes, to out.
@@ -469,54 +477,31 @@ C10_ALWAYS_INLINE void store_low_bytes(const VecI& bits, uint8_t* out, int64_t k
 #endif
 }
 
-// q = fp8(saturate(y * r)): e4m3fn and e5m2 on vectors, the ROCm types by c10's conversions.
-template <typename fp8_t>
-void quantize(const float* y, int64_t n, const Fp8Rule& rule, float r, fp8_t* q) {
-  if constexpr (std::is_same_v<fp8_t, c10::Float8_e4m3fn> ||
-                std::is_same_v<fp8_t, c10::Float8_e5m2>) {
-    constexpr bool kE4M3 = std::is_same_v<fp8_t, c10::Float8_e4m3fn>;
-    const VecF top(rule.fp8_max), bottom(-rule.fp8_max), scale(r);
-    auto* out = reinterpret_cast<uint8_t*>(q);
-    for (int64_t i = 0; i < n; i += VecF::size()) {
-      const int64_t k = std::min<int64_t>(n - i, VecF::size());
-      VecF v = (k == VecF::size() ? VecF::loadu(y + i) : VecF::loadu(y + i, k)) * scale;
-      v = VecF::blendv(v, top, v > top);  // NaN fails both tests and stays
-      v = VecF::blendv(v, bottom, v < bottom);
-      const VecI bits = kE4M3 ? fp8_bits<3, 7>(v) : fp8_bits<2, 15>(v);
-      store_low_bytes(bits, out + i, k);
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) q[i] = fp8_t(rule.saturate(y[i] * r));
+// q = fp8(saturate(y * r)), as bytes.
+void quantize(const float* y, int64_t n, const Fp8Rule& rule, const Fp8Encoding& encoding, float r,
+              uint8_t* q) {
+  const VecF top(rule.fp8_max), bottom(-rule.fp8_max), scale(r);
+  for (int64_t i = 0; i < n; i += VecF::size()) {
+    const int64_t k = std::min<int64_t>(n - i, VecF::size());
+    VecF v = (k == VecF::size() ? VecF::loadu(y + i) : VecF::loadu(y + i, k)) * scale;
+    v = VecF::blendv(v, top, v > top);  // NaN fails both tests and stays
+    v = VecF::blendv(v, bottom, v < bottom);
+    store_low_bytes(fp8_bits(v, encoding), q + i, k);
   }
-}
-
-// Calls f(fp8_t{}) for the call's FP8 type.
-template <typename F>
-void with_fp8_type(Fp8Kind kind, const F& f) {
-  switch (kind) {
-    case Fp8Kind::E4M3:
-      return f(c10::Float8_e4m3fn());
-    case Fp8Kind::E5M2:
-      return f(c10::Float8_e5m2());
-    case Fp8Kind::E4M3Fnuz:
-      return f(c10::Float8_e4m3fnuz());
-    case Fp8Kind::E5M2Fnuz:
-      break;
-  }
-  f(c10::Float8_e5m2fnuz());
 }
 
 // Blocks along the rows, a few at a time: their activations into a buffer with each
 // block's amax, their scales, then their elements quantized from the buffer. Tasks own
 // whole blocks.
-template <typename fp8_t, typename Act>
+template <typename Act>
 void quantize_blocks(const Fp8Call& call, const Act& act) {
   const int64_t block = call.block;
   const int64_t per_run = call.in.run_len / block;
   // Several blocks to one call where each is whole vector blocks, so that every amax is its own.
   const int64_t group = block % Act::L::kWidth ? 1 : std::max<int64_t>(1, kFp8Chunk / block);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / block);
-  auto* q = static_cast<fp8_t*>(call.q);
+  auto* q = static_cast<uint8_t*>(call.q);
+  const Fp8Encoding encoding = encoding_of(call.kind);
   at::parallel_for(0, call.in.numel() / block, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> y(block * std::min(group, end - begin));
     std::vector<float> amaxes(group);
@@ -528,7 +513,7 @@ void quantize_blocks(const Fp8Call& call, const Act& act) {
       for (int64_t i = 0; i < n; ++i) {
         const float s = rule.scale(amaxes[i]);
         call.scales[b + i] = s;
-        quantize(y.data() + i * block, block, rule, 1.0f / s, q + (b + i) * block);
+        quantize(y.data() + i * block, block, rule, encoding, 1.0f / s, q + (b + i) * block);
       }
       b += n;
     }
@@ -563,15 +548,16 @@ constexpr int64_t kFp8ScratchElements = int64_t(1) << 22;
 
 // One scale for the tensor: the static one, or the amax of every activation first (a pass
 // of its own; max is exact, so the split over threads cannot change it).
-template <typename fp8_t, typename Act>
+template <typename Act>
 void quantize_tensor(const Fp8Call& call, const Act& act) {
-  auto* q = static_cast<fp8_t*>(call.q);
+  auto* q = static_cast<uint8_t*>(call.q);
+  const Fp8Encoding encoding = encoding_of(call.kind);
   if (call.static_scale != nullptr) {
     const float s = *call.static_scale;
     call.scales[0] = s;
     const float r = 1.0f / s;
     for_each_chunk<true>(call, act, nullptr, [&](int64_t at, const float* y, int64_t n, float) {
-      quantize(y, n, call.rule, r, q + at);
+      quantize(y, n, call.rule, encoding, r, q + at);
     });
     return;
   }
@@ -595,12 +581,12 @@ void quantize_tensor(const Fp8Call& call, const Act& act) {
   const float r = 1.0f / s;
   if (scratch != nullptr) {
     at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) {
-      quantize(scratch + begin, end - begin, call.rule, r, q + begin);
+      quantize(scratch + begin, end - begin, call.rule, encoding, r, q + begin);
     });
     return;
   }
   for_each_chunk<true>(call, act, nullptr, [&](int64_t at, const float* y, int64_t n, float) {
-    quantize(y, n, call.rule, r, q + at);
+    quantize(y, n, call.rule, encoding, r, q + at);
   });
 }
 
@@ -608,20 +594,15 @@ template <Activation A, typename scalar_t>
 struct Fp8ForwardKernel {
   static void run(const Fp8Call& call) {
     with_flag(call.in.elem_stride == 2, [&](auto pairs) {
-      with_flag(call.round_to_input, [&](auto round) {
-        using Act = Activations<A, scalar_t, decltype(pairs)::value, decltype(round)::value>;
-        const Act act{vector_params<scalar_t>(call.op), call.in,
-                      static_cast<const scalar_t*>(call.gate),
-                      static_cast<const scalar_t*>(call.value)};
-        with_fp8_type(call.kind, [&](auto fp8) {
-          using fp8_t = decltype(fp8);
-          if (call.block == 0) {
-            quantize_tensor<fp8_t>(call, act);
-          } else {
-            quantize_blocks<fp8_t>(call, act);
-          }
-        });
-      });
+      using Act = Activations<A, scalar_t, decltype(pairs)::value>;
+      const Act act{vector_params<scalar_t>(call.op), call.in,
+                    static_cast<const scalar_t*>(call.gate),
+                    static_cast<const scalar_t*>(call.value), call.round_to_input};
+      if (call.block == 0) {
+        quantize_tensor(call, act);
+      } else {
+        quantize_blocks(call, act);
+      }
     });
   }
 };
