@@ -313,24 +313,29 @@ def quantize_kernel(
     )
     if LOOP:
         # The rows' amax, a tile at a time; then the activations again, quantized.
+        # while, not range(): triton 3.6's interpreter cannot take a tensor as range()'s bound.
         amax_bits = tl.zeros([BLOCK_R], tl.int32)
-        for first in range(0, n, BLOCK_E):
+        first = 0
+        while first < n:
             y = _activation(
                 g_ptr, v_ptr, offsets, row_mask, first, n, a, lim,
                 ACT, COMPUTE, PAIRS, GATE_FIRST, ROUND, BLOCK_R, BLOCK_E, ALIGN,
             )  # fmt: skip
             _, mask = k._dense_tile(q_ptr, tile_rows, row_mask, first, n, BLOCK_E, ALIGN)
             amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y, mask), 1))
+            first += BLOCK_E
         s = _scale(_as_float(amax_bits), eps32, FP8_MAX, EMAX, RULE)
         tl.store(s_ptr + tile_rows, s, mask=row_mask)
         r = _div(1.0, s)[:, None]
-        for first in range(0, n, BLOCK_E):
+        first = 0
+        while first < n:
             y = _activation(
                 g_ptr, v_ptr, offsets, row_mask, first, n, a, lim,
                 ACT, COMPUTE, PAIRS, GATE_FIRST, ROUND, BLOCK_R, BLOCK_E, ALIGN,
             )  # fmt: skip
             q_at, mask = k._dense_tile(q_ptr, tile_rows, row_mask, first, n, BLOCK_E, ALIGN)
             tl.store(q_at, _encode(y, r, FP8_MAX, MANTISSA, BIAS, FNUZ), mask=mask)
+            first += BLOCK_E
     else:
         y = _activation(
             g_ptr, v_ptr, offsets, row_mask, start, n, a, lim,
