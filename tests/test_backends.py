@@ -98,10 +98,8 @@ def test_cpu_kernels_follow_torchs_simd_level_down():
     where torch runs it; a single level built above it is refused, with the fix."""
     from glu_fused.backends import extension
 
-    levels = ("default", "avx2", "avx512")
-    here = torch.backends.cpu.get_cpu_capability().lower()
-    runnable = levels[: levels.index(here) + 1] if here in levels else ("default",)
-    for level in runnable:
+    levels = extension.CPU_LEVELS
+    for level in extension.torch_cpu_levels():
         done = _run(
             "import glu_fused; print(glu_fused.backend_status()['cpu'])",
             ATEN_CPU_CAPABILITY=level,

@@ -46,6 +46,7 @@ def test_cuda_switch_off():
 
 def test_cpu_levels_are_every_x86_level_or_the_one_asked_for():
     every = ("default", "avx2", "avx512")
+    assert build_config.CPU_CAPABILITIES == extension.CPU_LEVELS == every  # one fact, two homes
     assert build_config.cpu_levels(environ={}, machine="x86_64") == every
     assert build_config.cpu_levels(environ={}, machine="AMD64") == every
     assert build_config.cpu_levels(environ={}, machine="aarch64") == ("default",)

@@ -26,7 +26,7 @@ from glu_fused.backends import extension
 from glu_fused.testing import assert_matches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEVELS = ("default", "avx2", "avx512")
+LEVELS = extension.CPU_LEVELS
 
 # Writes {case: result} of every case to argv[2], computed at the level the process runs.
 SCRIPT = r"""
@@ -86,16 +86,11 @@ torch.save(out, sys.argv[2])
 """
 
 
-def runnable_levels() -> tuple[str, ...]:
-    here = torch.backends.cpu.get_cpu_capability().lower()
-    return LEVELS[: LEVELS.index(here) + 1] if here in LEVELS else ("default",)
-
-
 def level_params():
     params = []
     for level in LEVELS:
         why = None
-        if level not in runnable_levels():
+        if level not in extension.torch_cpu_levels():
             why = f"this CPU runs torch at {torch.backends.cpu.get_cpu_capability()}"
         elif level not in extension.built_cpu_levels():
             why = f"the CPU kernels were built for {extension.built_cpu_levels()} alone"
@@ -135,8 +130,7 @@ def differing(a: torch.Tensor, b: torch.Tensor) -> int:
 def test_each_level_runs_at_its_level_and_matches_the_highest_bit_for_bit(level, tmp_path_factory):
     """Every level against the highest this host runs: the vector levels bit for bit; the
     default level within the contract's tolerance, its differing elements counted."""
-    top = max((lv for lv in runnable_levels() if lv in extension.built_cpu_levels()),
-              key=LEVELS.index)  # fmt: skip
+    top = extension.runnable_cpu_levels()[-1]
     mine, best = results_at(level, tmp_path_factory), results_at(top, tmp_path_factory)
     assert mine.pop("level") == f"available ({level} kernels)"
     best = {k: v for k, v in best.items() if k != "level"}

@@ -21,12 +21,19 @@ def built_cpu_levels() -> tuple[str, ...]:
     return () if _C is None else tuple(_C.CPU_LEVELS.split(","))
 
 
-def runnable_cpu_levels() -> tuple[str, ...]:
-    """The levels built that this process's torch runs (ATEN_CPU_CAPABILITY caps it)."""
-    levels = ("default", "avx2", "avx512")
+# The CPU kernels' SIMD levels, lowest first (build_config.CPU_CAPABILITIES).
+CPU_LEVELS = ("default", "avx2", "avx512")
+
+
+def torch_cpu_levels() -> tuple[str, ...]:
+    """The levels this process's torch runs, lowest first (ATEN_CPU_CAPABILITY caps them)."""
     here = torch.backends.cpu.get_cpu_capability().lower()
-    top = levels.index(here) if here in levels else 0
-    return tuple(level for level in built_cpu_levels() if levels.index(level) <= top)
+    return CPU_LEVELS[: CPU_LEVELS.index(here) + 1] if here in CPU_LEVELS else CPU_LEVELS[:1]
+
+
+def runnable_cpu_levels() -> tuple[str, ...]:
+    """The levels built that this process's torch runs."""
+    return tuple(level for level in built_cpu_levels() if level in torch_cpu_levels())
 
 
 def _cpu_reason() -> str | None:
