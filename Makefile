@@ -28,7 +28,7 @@ test-full: install lint
 # The suites' CPU cases again, with CPU tensors run through the CUDA kernels' thread code on
 # the host ($GLU_FUSED_EMULATE_CUDA): the CUDA paths' indexing, vectors and tails, without a GPU.
 EMULATED_SUITES := tests/test_numerics.py tests/test_extremes.py tests/test_determinism.py \
-	tests/test_lean_mlp.py tests/test_fp8.py \
+	tests/test_lean_mlp.py tests/test_fp8.py tests/test_bias.py \
 	tests/test_autograd.py tests/test_gpu.py
 # Under CI=true the CUDA kernels must be there: a CI that cannot build them fails, not skips.
 test-cuda-emulated:
@@ -41,7 +41,7 @@ test-cuda-emulated:
 # (ATEN_CPU_CAPABILITY lowers torch's level and, with it, the kernels'; the main run took the
 # highest). tests/test_cpu_levels.py compares the levels' bits.
 CPU_LEVEL_SUITES := tests/test_numerics.py tests/test_extremes.py tests/test_determinism.py \
-	tests/test_lean_mlp.py tests/test_fp8.py
+	tests/test_lean_mlp.py tests/test_fp8.py tests/test_bias.py
 test-cpu-levels:
 	@for level in $$($(PYTHON) -c "from glu_fused.backends import extension as e; \
 			print(*e.runnable_cpu_levels()[:-1])"); do \

@@ -16,14 +16,43 @@ struct ActivationCall {
   double limit;  // ClampedSilu only
 };
 
-// out[r * run_len + e] = act(gate(r, e)) * value(r, e)
+// The bias and token-count modes (docs/contract.md, "Bias and token counts"). The plan sets
+// them only where every run is one row of the result (the split along the last dim:
+// runs_per_outer counts rows of a run split into rows, never a split dim's halves), so that
+// an element's column is its e and its row is its run r.
+struct RowOptions {
+  // Added to gate(r, e) and value(r, e) in the compute type (float32; float64 for float64),
+  // unrounded, before the activation: gate_bias[e * elem_stride], value_bias[e * elem_stride],
+  // of the inputs' dtype (PairLayout::elem_stride: 2 where x's bias interleaves too).
+  // nullptr: no bias (then both are).
+  const void* gate_bias = nullptr;
+  const void* value_bias = nullptr;
+  // MoE token counts: run r is row r % rows_per_group of group r / rows_per_group, and only
+  // the rows below valid_rows[group] are read or written (the plan has checked every count
+  // is in [0, rows_per_group] where it could without a synchronization: see the contract).
+  // nullptr: every run.
+  const int* valid_rows = nullptr;
+  int64_t rows_per_group = 0;
+
+  GLU_HD bool has_bias() const { return gate_bias != nullptr; }
+  GLU_HD bool row_valid(int64_t r) const {
+    return valid_rows == nullptr || r % rows_per_group < valid_rows[r / rows_per_group];
+  }
+};
+
+// out[r * run_len + e] = act(gate(r, e) [+ gate_bias(e)]) * (value(r, e) [+ value_bias(e)]);
+// rows that rows.row_valid() refuses are neither read nor written.
 struct ForwardCall {
   ActivationCall op;
   PairLayout in;
   const void* gate;
   const void* value;
   void* out;
+  RowOptions rows = {};
 };
+
+// Rows summed into one partial of the bias gradient (BackwardCall::bias_grad_partials).
+inline constexpr int64_t kBiasTileRows = 64;
 
 // The gradients of both inputs from the dense upstream gradient, recomputing the activation.
 // The in-place form (GatedMLP's backward) also writes act(gate) * value over the upstream
@@ -39,6 +68,17 @@ struct BackwardCall {
   void* grad_gate;
   void* grad_value;
   void* out = nullptr;  // where act(gate) * value goes too, dense like grad_out; or nowhere
+  // The bias and token counts, as ForwardCall's. Rows refused by rows.row_valid() are not
+  // read; their gradients are written as zeros.
+  RowOptions rows = {};
+  // The bias gradient's partial sums, when not nullptr (only with a bias): of the compute
+  // type (float; double for double inputs), dense [ceil(runs / kBiasTileRows), 2, run_len];
+  // partials[t][0][e] is the sum, over the valid rows r of tile t (kBiasTileRows * t <= r <
+  // kBiasTileRows * (t + 1)), of the gate gradient at (r, e) in the compute type before its
+  // rounding to the input's dtype; partials[t][1][e] the value gradient's. Each a fixed
+  // order of summation (no atomics), every element written (0 for a tile without valid
+  // rows); the op sums the tiles in order.
+  void* bias_grad_partials = nullptr;
 };
 
 enum class Fp8Kind : int { E4M3 = 0, E5M2 = 1, E4M3Fnuz = 2, E5M2Fnuz = 3 };
@@ -78,6 +118,10 @@ struct Fp8Call {
   // The CUDA kernels' per-tensor amax between their two launches (block 0 without a static
   // scale): one zeroed word, the float's bits. The CPU kernel keeps its own.
   unsigned* tensor_amax = nullptr;
+  // The bias and token counts, as ForwardCall's: the rows refused are not read, and neither
+  // their q nor their scales are written (a tensor's amax is over the valid rows). The plan
+  // sets block to a divisor of run_len (token: run_len), so no block spans rows.
+  RowOptions rows = {};
 };
 
 // The CPU kernels (csrc/cpu/), of the SIMD level chosen at load (csrc/cpu/glu_cpu_levels.cpp).

@@ -62,25 +62,76 @@ Plan run(Plan plan, const Tensor& like) {
   return plan;
 }
 
+RowArgs packed_rows(const OptTensor& bias, const OptTensor& valid_tokens) {
+  return {bias, std::nullopt, std::nullopt, valid_tokens};
+}
+
+RowArgs gated_rows(const OptTensor& gate_bias, const OptTensor& value_bias,
+                   const OptTensor& valid_tokens) {
+  return {std::nullopt, gate_bias, value_bias, valid_tokens};
+}
+
 Tensor glu_forward(const Tensor& x, int64_t dim, std::string_view function,
-                   std::string_view layout, double alpha, double limit) {
-  return run(plan_glu_forward(x, dim, function, layout, alpha, limit), x).out;
+                   std::string_view layout, double alpha, double limit, const OptTensor& bias,
+                   const OptTensor& valid_tokens) {
+  return run(plan_glu_forward(x, dim, function, layout, alpha, limit,
+                              packed_rows(bias, valid_tokens)),
+             x)
+      .out;
 }
 
 Tensor glu_backward(const Tensor& grad_out, const Tensor& x, int64_t dim,
                     std::string_view function, std::string_view layout, double alpha,
-                    double limit) {
-  return run(plan_glu_backward(grad_out, x, dim, function, layout, alpha, limit), x).grad_first;
+                    double limit, const OptTensor& bias, const OptTensor& valid_tokens) {
+  return run(plan_glu_backward(grad_out, x, dim, function, layout, alpha, limit,
+                               packed_rows(bias, valid_tokens)),
+             x)
+      .grad_first;
 }
 
-Tensor gated_forward(const Tensor& gate, const Tensor& value, std::string_view activation) {
-  return run(plan_gated_forward(gate, value, activation), gate).out;
+std::tuple<Tensor, Tensor> glu_backward_bias(const Tensor& grad_out, const Tensor& x,
+                                             int64_t dim, std::string_view function,
+                                             std::string_view layout, double alpha,
+                                             double limit, const OptTensor& bias,
+                                             const OptTensor& valid_tokens) {
+  TORCH_CHECK_VALUE(bias.has_value(), "glu_fused: glu_backward_bias needs a bias");
+  const BackwardPlan plan = run(plan_glu_backward(grad_out, x, dim, function, layout, alpha,
+                                                  limit, packed_rows(bias, valid_tokens), true),
+                                x);
+  return {plan.grad_first, plan.rows.bias_grads(x.scalar_type())[0]};
+}
+
+Tensor gated_forward(const Tensor& gate, const Tensor& value, std::string_view activation,
+                     const OptTensor& gate_bias, const OptTensor& value_bias,
+                     const OptTensor& valid_tokens) {
+  return run(plan_gated_forward(gate, value, activation,
+                                gated_rows(gate_bias, value_bias, valid_tokens)),
+             gate)
+      .out;
 }
 
 std::tuple<Tensor, Tensor> gated_backward(const Tensor& grad_out, const Tensor& gate,
-                                          const Tensor& value, std::string_view activation) {
-  const BackwardPlan plan = run(plan_gated_backward(grad_out, gate, value, activation), gate);
+                                          const Tensor& value, std::string_view activation,
+                                          const OptTensor& gate_bias, const OptTensor& value_bias,
+                                          const OptTensor& valid_tokens) {
+  const BackwardPlan plan =
+      run(plan_gated_backward(grad_out, gate, value, activation,
+                              gated_rows(gate_bias, value_bias, valid_tokens)),
+          gate);
   return {plan.grad_first, plan.grad_second};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gated_backward_bias(
+    const Tensor& grad_out, const Tensor& gate, const Tensor& value, std::string_view activation,
+    const OptTensor& gate_bias, const OptTensor& value_bias, const OptTensor& valid_tokens) {
+  TORCH_CHECK_VALUE(gate_bias.has_value() || value_bias.has_value(),
+                    "glu_fused: gated_backward_bias needs a gate_bias or a value_bias");
+  const BackwardPlan plan =
+      run(plan_gated_backward(grad_out, gate, value, activation,
+                              gated_rows(gate_bias, value_bias, valid_tokens), true),
+          gate);
+  const auto grads = plan.rows.bias_grads(gate.scalar_type());
+  return {plan.grad_first, plan.grad_second, grads[0], grads[1]};
 }
 
 void gated_backward_in_place(const Tensor& grad_out, const Tensor& gate, const Tensor& value,
@@ -133,27 +184,43 @@ Fp8Options fp8_options(at::ScalarType out_dtype, std::string_view granularity,
 
 std::tuple<Tensor, Tensor> glu_forward_fp8(const Tensor& x, int64_t dim, std::string_view function,
                                            std::string_view layout, double alpha, double limit,
-                                           GLU_FP8_PARAMS) {
-  return run_fp8(plan_glu_forward_fp8(x, dim, function, layout, alpha, limit, GLU_FP8_ARGS), x);
+                                           GLU_FP8_PARAMS, const OptTensor& bias,
+                                           const OptTensor& valid_tokens) {
+  return run_fp8(plan_glu_forward_fp8(x, dim, function, layout, alpha, limit, GLU_FP8_ARGS,
+                                      packed_rows(bias, valid_tokens)),
+                 x);
 }
 
 std::tuple<Tensor, Tensor> gated_forward_fp8(const Tensor& gate, const Tensor& value,
-                                             std::string_view activation, GLU_FP8_PARAMS) {
-  return run_fp8(plan_gated_forward_fp8(gate, value, activation, GLU_FP8_ARGS), gate);
+                                             std::string_view activation, GLU_FP8_PARAMS,
+                                             const OptTensor& gate_bias,
+                                             const OptTensor& value_bias,
+                                             const OptTensor& valid_tokens) {
+  return run_fp8(plan_gated_forward_fp8(gate, value, activation, GLU_FP8_ARGS,
+                                        gated_rows(gate_bias, value_bias, valid_tokens)),
+                 gate);
 }
 
 std::tuple<Tensor, Tensor> glu_forward_fp8_meta(const Tensor& x, int64_t dim,
                                                 std::string_view function,
                                                 std::string_view layout, double alpha,
-                                                double limit, GLU_FP8_PARAMS) {
+                                                double limit, GLU_FP8_PARAMS, const OptTensor& bias,
+                                                const OptTensor& valid_tokens) {
   const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
-  return fp8_results_meta(x, halved_shape(x, args.dim), args.dim, GLU_FP8_ARGS);
+  auto results = fp8_results_meta(x, halved_shape(x, args.dim), args.dim, GLU_FP8_ARGS);
+  check_packed_rows(packed_rows(bias, valid_tokens), x, args.dim);
+  return results;
 }
 
 std::tuple<Tensor, Tensor> gated_forward_fp8_meta(const Tensor& gate, const Tensor& value,
-                                                  std::string_view activation, GLU_FP8_PARAMS) {
+                                                  std::string_view activation, GLU_FP8_PARAMS,
+                                                  const OptTensor& gate_bias,
+                                                  const OptTensor& value_bias,
+                                                  const OptTensor& valid_tokens) {
   check_gated(gate, value, activation);
-  return fp8_results_meta(gate, gate.sym_sizes().vec(), gated_fp8_dim(gate), GLU_FP8_ARGS);
+  auto results = fp8_results_meta(gate, gate.sym_sizes().vec(), gated_fp8_dim(gate), GLU_FP8_ARGS);
+  check_gated_rows(gated_rows(gate_bias, value_bias, valid_tokens), gate);
+  return results;
 }
 
 #undef GLU_FP8_PARAMS
@@ -161,37 +228,71 @@ std::tuple<Tensor, Tensor> gated_forward_fp8_meta(const Tensor& gate, const Tens
 
 // Meta: the same checks, results of the right (possibly symbolic) shape, nothing run.
 Tensor glu_forward_meta(const Tensor& x, int64_t dim, std::string_view function,
-                        std::string_view layout, double alpha, double limit) {
+                        std::string_view layout, double alpha, double limit, const OptTensor& bias,
+                        const OptTensor& valid_tokens) {
   const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
+  check_packed_rows(packed_rows(bias, valid_tokens), x, args.dim);
   return at::empty_symint(halved_shape(x, args.dim), x.options());
 }
 
 Tensor glu_backward_meta(const Tensor& grad_out, const Tensor& x, int64_t dim,
                          std::string_view function, std::string_view layout, double alpha,
-                         double limit) {
+                         double limit, const OptTensor& bias, const OptTensor& valid_tokens) {
   const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
   check_packed_grad(grad_out, x, args.dim);
+  check_packed_rows(packed_rows(bias, valid_tokens), x, args.dim);
   return at::empty_symint(x.sym_sizes(), x.options());
 }
 
-Tensor gated_forward_meta(const Tensor& gate, const Tensor& value, std::string_view activation) {
+std::tuple<Tensor, Tensor> glu_backward_bias_meta(const Tensor& grad_out, const Tensor& x,
+                                                  int64_t dim, std::string_view function,
+                                                  std::string_view layout, double alpha,
+                                                  double limit, const OptTensor& bias,
+                                                  const OptTensor& valid_tokens) {
+  TORCH_CHECK_VALUE(bias.has_value(), "glu_fused: glu_backward_bias needs a bias");
+  Tensor grad_x =
+      glu_backward_meta(grad_out, x, dim, function, layout, alpha, limit, bias, valid_tokens);
+  return {grad_x, at::empty_symint(bias->sym_sizes(), x.options())};
+}
+
+Tensor gated_forward_meta(const Tensor& gate, const Tensor& value, std::string_view activation,
+                          const OptTensor& gate_bias, const OptTensor& value_bias,
+                          const OptTensor& valid_tokens) {
   check_gated(gate, value, activation);
+  check_gated_rows(gated_rows(gate_bias, value_bias, valid_tokens), gate);
   return at::empty_symint(gate.sym_sizes(), gate.options());
 }
 
 std::tuple<Tensor, Tensor> gated_backward_meta(const Tensor& grad_out, const Tensor& gate,
-                                               const Tensor& value, std::string_view activation) {
+                                               const Tensor& value, std::string_view activation,
+                                               const OptTensor& gate_bias,
+                                               const OptTensor& value_bias,
+                                               const OptTensor& valid_tokens) {
   check_gated(gate, value, activation);
   check_gated_grad(grad_out, gate);
+  check_gated_rows(gated_rows(gate_bias, value_bias, valid_tokens), gate);
   return {at::empty_symint(gate.sym_sizes(), gate.options()),
           at::empty_symint(gate.sym_sizes(), gate.options())};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gated_backward_bias_meta(
+    const Tensor& grad_out, const Tensor& gate, const Tensor& value, std::string_view activation,
+    const OptTensor& gate_bias, const OptTensor& value_bias, const OptTensor& valid_tokens) {
+  TORCH_CHECK_VALUE(gate_bias.has_value() || value_bias.has_value(),
+                    "glu_fused: gated_backward_bias needs a gate_bias or a value_bias");
+  auto [grad_gate, grad_value] = gated_backward_meta(grad_out, gate, value, activation, gate_bias,
+                                                     value_bias, valid_tokens);
+  const auto bias_shape = std::vector<c10::SymInt>{gate.sym_size(-1)};
+  return {grad_gate, grad_value, at::empty_symint(bias_shape, gate.options()),
+          at::empty_symint(bias_shape, gate.options())};
 }
 
 // The in-place op's checks that need no memory: the memory ones (overlap, layout) run with
 // the kernels.
 void gated_backward_in_place_meta(const Tensor& grad_out, const Tensor& gate, const Tensor& value,
                                   std::string_view activation) {
-  gated_backward_meta(grad_out, gate, value, activation);
+  check_gated(gate, value, activation);
+  check_gated_grad(grad_out, gate);
 }
 
 std::string op_name(Family family, const char* op) {
@@ -203,13 +304,23 @@ void define_family(torch::Library& m, Family family) {
     m.def((op_name(family, op) + signature).c_str());
   };
   def("glu_forward",
-      "(Tensor x, int dim, str function, str layout, float alpha, float limit) -> Tensor");
+      "(Tensor x, int dim, str function, str layout, float alpha, float limit, "
+      "Tensor? bias=None, Tensor? valid_tokens=None) -> Tensor");
   def("glu_backward",
       "(Tensor grad_out, Tensor x, int dim, str function, str layout, float alpha, "
-      "float limit) -> Tensor");
-  def("gated_forward", "(Tensor gate, Tensor value, str activation) -> Tensor");
+      "float limit, Tensor? bias=None, Tensor? valid_tokens=None) -> Tensor");
+  def("glu_backward_bias",
+      "(Tensor grad_out, Tensor x, int dim, str function, str layout, float alpha, "
+      "float limit, Tensor? bias, Tensor? valid_tokens=None) -> (Tensor, Tensor)");
+  def("gated_forward",
+      "(Tensor gate, Tensor value, str activation, Tensor? gate_bias=None, "
+      "Tensor? value_bias=None, Tensor? valid_tokens=None) -> Tensor");
   def("gated_backward",
-      "(Tensor grad_out, Tensor gate, Tensor value, str activation) -> (Tensor, Tensor)");
+      "(Tensor grad_out, Tensor gate, Tensor value, str activation, Tensor? gate_bias=None, "
+      "Tensor? value_bias=None, Tensor? valid_tokens=None) -> (Tensor, Tensor)");
+  def("gated_backward_bias",
+      "(Tensor grad_out, Tensor gate, Tensor value, str activation, Tensor? gate_bias, "
+      "Tensor? value_bias, Tensor? valid_tokens=None) -> (Tensor, Tensor, Tensor, Tensor)");
   def("gated_backward_in_place",
       "(Tensor(a!) grad_out, Tensor(b!) gate, Tensor(c!) value, str activation) -> ()");
 }
@@ -219,6 +330,8 @@ void impl_meta(torch::Library& m, Family family) {
   m.impl(op_name(family, "glu_backward").c_str(), &glu_backward_meta);
   m.impl(op_name(family, "gated_forward").c_str(), &gated_forward_meta);
   m.impl(op_name(family, "gated_backward").c_str(), &gated_backward_meta);
+  m.impl(op_name(family, "glu_backward_bias").c_str(), &glu_backward_bias_meta);
+  m.impl(op_name(family, "gated_backward_bias").c_str(), &gated_backward_bias_meta);
   m.impl(op_name(family, "gated_backward_in_place").c_str(), &gated_backward_in_place_meta);
 }
 
@@ -227,6 +340,8 @@ void impl_native(torch::Library& m) {
   m.impl("glu_backward", &glu_backward);
   m.impl("gated_forward", &gated_forward);
   m.impl("gated_backward", &gated_backward);
+  m.impl("glu_backward_bias", &glu_backward_bias);
+  m.impl("gated_backward_bias", &gated_backward_bias);
   m.impl("gated_backward_in_place", &gated_backward_in_place);
 }
 
@@ -241,8 +356,10 @@ Ops find_ops(Family family) {
   const auto name = [&](const char* op) { return op_name(family, op); };
   return {find<GluForward>(name("glu_forward")),
           find<GluBackward>(name("glu_backward")),
+          find<GluBackwardBias>(name("glu_backward_bias")),
           find<GatedForward>(name("gated_forward")),
           find<GatedBackward>(name("gated_backward")),
+          find<GatedBackwardBias>(name("gated_backward_bias")),
           find<GluDoubleBackward>("glu_double_backward"),
           find<GatedDoubleBackward>("gated_double_backward"),
           find<GatedBackwardInPlace>(name("gated_backward_in_place"))};
@@ -262,19 +379,23 @@ TORCH_LIBRARY(glu_fused, m) {
   // Second order, for both families: (d grad_out, d x) of <grad_grad_x, grad_x(grad_out, x)>.
   m.def(
       "glu_double_backward(Tensor grad_grad_x, Tensor grad_out, Tensor x, int dim, "
-      "str function, str layout, float alpha, float limit) -> (Tensor, Tensor)");
+      "str function, str layout, float alpha, float limit, Tensor? bias=None, "
+      "Tensor? valid_tokens=None) -> (Tensor, Tensor)");
   m.def(
       "gated_double_backward(Tensor grad_grad_gate, Tensor grad_grad_value, Tensor grad_out, "
-      "Tensor gate, Tensor value, str activation) -> (Tensor, Tensor, Tensor)");
+      "Tensor gate, Tensor value, str activation, Tensor? gate_bias=None, "
+      "Tensor? value_bias=None, Tensor? valid_tokens=None) -> (Tensor, Tensor, Tensor)");
   // FP8 output (the native family; docs/contract.md, "FP8 output"): (q, scale).
   constexpr const char* kFp8Args =
       "ScalarType out_dtype, str granularity, int group_size, ScalarType scale_dtype, "
-      "str scale_rounding, str scale_layout, str intermediate, float eps, Tensor? scale) "
-      "-> (Tensor, Tensor)";
+      "str scale_rounding, str scale_layout, str intermediate, float eps, Tensor? scale, ";
   m.def(("glu_forward_fp8(Tensor x, int dim, str function, str layout, float alpha, "
-         "float limit, " + std::string(kFp8Args)).c_str());
+         "float limit, " + std::string(kFp8Args) +
+         "Tensor? bias=None, Tensor? valid_tokens=None) -> (Tensor, Tensor)").c_str());
   m.def(("gated_forward_fp8(Tensor gate, Tensor value, str activation, " +
-         std::string(kFp8Args)).c_str());
+         std::string(kFp8Args) +
+         "Tensor? gate_bias=None, Tensor? value_bias=None, Tensor? valid_tokens=None) "
+         "-> (Tensor, Tensor)").c_str());
 }
 
 TORCH_LIBRARY_IMPL(glu_fused, Meta, m) {

@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <optional>
 #include <string_view>
 #include <tuple>
 
@@ -21,18 +22,32 @@ inline constexpr const char* kFamilyNames[] = {"native", "triton"};
 inline constexpr const char* kFamilyPrefixes[] = {"", "triton_"};
 
 using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+// Every op ends with the bias and token-count arguments (None: none; docs/contract.md, "Bias
+// and token counts"): packed ops `bias, valid_tokens`, gated ones `gate_bias, value_bias,
+// valid_tokens`. The *_backward_bias ops also return the bias gradients.
 using GluForward = Tensor(const Tensor&, int64_t, std::string_view, std::string_view, double,
-                          double);
+                          double, const OptTensor&, const OptTensor&);
 using GluBackward = Tensor(const Tensor&, const Tensor&, int64_t, std::string_view,
-                           std::string_view, double, double);
-using GatedForward = Tensor(const Tensor&, const Tensor&, std::string_view);
+                           std::string_view, double, double, const OptTensor&, const OptTensor&);
+using GluBackwardBias = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t,
+                                                   std::string_view, std::string_view, double,
+                                                   double, const OptTensor&, const OptTensor&);
+using GatedForward = Tensor(const Tensor&, const Tensor&, std::string_view, const OptTensor&,
+                            const OptTensor&, const OptTensor&);
 using GatedBackward = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                 std::string_view);
+                                                 std::string_view, const OptTensor&,
+                                                 const OptTensor&, const OptTensor&);
+using GatedBackwardBias = std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, std::string_view, const OptTensor&,
+    const OptTensor&, const OptTensor&);
 using GluDoubleBackward = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                      int64_t, std::string_view, std::string_view,
-                                                     double, double);
+                                                     double, double, const OptTensor&,
+                                                     const OptTensor&);
 using GatedDoubleBackward = std::tuple<Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, std::string_view);
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, std::string_view,
+    const OptTensor&, const OptTensor&, const OptTensor&);
 // The in-place backward op writes its results over its arguments (see glu_plan.h).
 using GatedBackwardInPlace = void(const Tensor&, const Tensor&, const Tensor&, std::string_view);
 
@@ -40,8 +55,10 @@ using GatedBackwardInPlace = void(const Tensor&, const Tensor&, const Tensor&, s
 struct Ops {
   c10::TypedOperatorHandle<GluForward> glu_forward;
   c10::TypedOperatorHandle<GluBackward> glu_backward;
+  c10::TypedOperatorHandle<GluBackwardBias> glu_backward_bias;
   c10::TypedOperatorHandle<GatedForward> gated_forward;
   c10::TypedOperatorHandle<GatedBackward> gated_backward;
+  c10::TypedOperatorHandle<GatedBackwardBias> gated_backward_bias;
   c10::TypedOperatorHandle<GluDoubleBackward> glu_double_backward;
   c10::TypedOperatorHandle<GatedDoubleBackward> gated_double_backward;
   c10::TypedOperatorHandle<GatedBackwardInPlace> gated_backward_in_place;

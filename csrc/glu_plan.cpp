@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -232,6 +233,119 @@ std::vector<c10::SymInt> halved_shape(const Tensor& x, int64_t dim) {
   return shape;
 }
 
+// ---- bias and token counts ----------------------------------------------------------------
+namespace {
+
+void check_bias(const Tensor& b, const char* name, const Tensor& x, const char* x_name,
+                const c10::SymInt& size) {
+  TORCH_CHECK_VALUE(b.dim() == 1 && b.sym_size(0) == size, "glu_fused: ", name,
+                    " must have shape (", size, ",), got ", python_shape(b.sym_sizes()));
+  TORCH_CHECK_VALUE(b.scalar_type() == x.scalar_type(), "glu_fused: ", name, " must have ",
+                    x_name, "'s dtype ", python_dtype(x.scalar_type()), ", got ",
+                    python_dtype(b.scalar_type()));
+  TORCH_CHECK_VALUE(b.device() == x.device(), "glu_fused: ", name, " must be on ", x_name,
+                    "'s device ", x.device(), ", got ", b.device());
+}
+
+// Token counts: x is [experts, tokens, features] (split or gated along the last dim), the
+// counts int32 [experts] on x's device, each in [0, tokens]. The values are checked where
+// they can be read without a synchronization: on the CPU. A GPU kernel takes a count above
+// the tokens as all of them and one below 0 as none (csrc/glu_kernels.h, RowOptions).
+void check_valid_tokens(const Tensor& v, const Tensor& x, const char* x_name, int64_t dim) {
+  TORCH_CHECK_VALUE(x.dim() == 3 && dim == 2, "glu_fused: valid_tokens counts the rows of ",
+                    x_name, " shaped [experts, tokens, features], split along the last dim; got ",
+                    x.dim(), " dimensions, dim ", dim);
+  TORCH_CHECK_VALUE(v.scalar_type() == at::kInt, "glu_fused: valid_tokens must be torch.int32, got ",
+                    python_dtype(v.scalar_type()));
+  const c10::SymInt experts = x.sym_size(0);
+  TORCH_CHECK_VALUE(v.dim() == 1 && v.sym_size(0) == experts, "glu_fused: valid_tokens must have shape (",
+                    experts, ",), got ", python_shape(v.sym_sizes()));
+  TORCH_CHECK_VALUE(v.device() == x.device(), "glu_fused: valid_tokens must be on ", x_name,
+                    "'s device ", x.device(), ", got ", v.device());
+  if (!v.is_cpu()) return;
+  const Tensor counts = v.contiguous();
+  const int* c = counts.const_data_ptr<int>();
+  const int64_t tokens = x.size(1);
+  for (int64_t e = 0; e < counts.numel(); ++e) {
+    TORCH_CHECK_VALUE(c[e] >= 0 && c[e] <= tokens, "glu_fused: valid_tokens must lie in [0, ",
+                      tokens, "], got ", c[e], " for expert ", e);
+  }
+}
+
+}  // namespace
+
+void check_packed_rows(const RowArgs& rows, const Tensor& x, int64_t dim) {
+  if (rows.bias) {
+    TORCH_CHECK_VALUE(dim == x.dim() - 1, "glu_fused: a bias is added along the last dim; split "
+                      "along it, got dim ", dim);
+    check_bias(*rows.bias, "bias", x, "x", x.sym_size(dim));
+  }
+  if (rows.valid_tokens) check_valid_tokens(*rows.valid_tokens, x, "x", dim);
+}
+
+void check_gated_rows(const RowArgs& rows, const Tensor& gate) {
+  if (rows.gate_bias || rows.value_bias) {
+    TORCH_CHECK_VALUE(gate.dim() > 0, "glu_fused: a bias is added along the last dim; a "
+                      "0-dimensional tensor has none");
+  }
+  if (rows.gate_bias) check_bias(*rows.gate_bias, "gate_bias", gate, "gate", gate.sym_size(-1));
+  if (rows.value_bias) check_bias(*rows.value_bias, "value_bias", gate, "gate", gate.sym_size(-1));
+  if (rows.valid_tokens) check_valid_tokens(*rows.valid_tokens, gate, "gate", gate.dim() - 1);
+}
+
+void RowPlan::point(RowOptions& into) const {
+  into = options;
+  if (gate_bias.defined()) {
+    const auto at = [](const Tensor& t, int64_t offset) {
+      return static_cast<const char*>(t.const_data_ptr()) + offset * t.element_size();
+    };
+    into.gate_bias = at(gate_bias, gate_bias_offset);
+    into.value_bias = at(value_bias, value_bias_offset);
+  }
+  if (valid_tokens.defined()) into.valid_rows = valid_tokens.const_data_ptr<int>();
+}
+
+namespace {
+
+// The partials summed over their tiles, in tile order: [2, run_len] of their type. On the
+// CPU a loop of ours; elsewhere a reduction over dim 0, deterministic for a given shape.
+template <typename T>
+void sum_tiles_cpu(const Tensor& partials, Tensor& sums) {
+  const int64_t tiles = partials.size(0), width = sums.numel();
+  const T* p = partials.const_data_ptr<T>();
+  T* out = sums.mutable_data_ptr<T>();
+  at::parallel_for(0, width, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t t = 0; t < tiles; ++t) {
+      const T* row = p + t * width;
+      for (int64_t c = begin; c < end; ++c) out[c] += row[c];
+    }
+  });
+}
+
+Tensor sum_tiles(const Tensor& partials) {
+  if (!partials.is_cpu()) return partials.sum(0);
+  Tensor sums = at::zeros({2, partials.size(2)}, partials.options());
+  if (partials.scalar_type() == at::kDouble) {
+    sum_tiles_cpu<double>(partials, sums);
+  } else {
+    sum_tiles_cpu<float>(partials, sums);
+  }
+  return sums;
+}
+
+}  // namespace
+
+std::vector<Tensor> RowPlan::bias_grads(at::ScalarType dtype) const {
+  const Tensor sums = sum_tiles(partials);
+  const Tensor gate = sums[0], value = sums[1];
+  // Copies: the op's results must not share the sums' storage.
+  if (!packed) return {gate.to(dtype, false, true), value.to(dtype, false, true)};
+  const Tensor first = gate_is_second ? value : gate;
+  const Tensor second = gate_is_second ? gate : value;
+  const Tensor bias = interleaved ? at::stack({first, second}, 1).flatten() : at::cat({first, second});
+  return {bias.to(dtype)};
+}
+
 const void* Operand::data() const {
   return static_cast<const char*>(tensor.const_data_ptr()) + offset * tensor.element_size();
 }
@@ -240,44 +354,116 @@ void* Operand::mutable_data() const {
   return static_cast<char*>(tensor.mutable_data_ptr()) + offset * tensor.element_size();
 }
 
-ForwardCall ForwardPlan::call() const { return {op, in, gate.data(), value.data(), out.mutable_data_ptr()}; }
-
-BackwardCall BackwardPlan::call() const {
-  return {op,
-          in,
-          gate.data(),
-          value.data(),
-          grad_out.const_data_ptr(),
-          grad_in,
-          grad_gate.mutable_data(),
-          grad_value.mutable_data(),
-          out.defined() ? out.mutable_data_ptr() : nullptr};
+ForwardCall ForwardPlan::call() const {
+  ForwardCall call{op, in, gate.data(), value.data(), out.mutable_data_ptr()};
+  rows.point(call.rows);
+  return call;
 }
 
+BackwardCall BackwardPlan::call() const {
+  BackwardCall call{op,
+                    in,
+                    gate.data(),
+                    value.data(),
+                    grad_out.const_data_ptr(),
+                    grad_in,
+                    grad_gate.mutable_data(),
+                    grad_value.mutable_data(),
+                    out.defined() ? out.mutable_data_ptr() : nullptr};
+  rows.point(call.rows);
+  if (rows.partials.defined()) call.bias_grad_partials = rows.partials.mutable_data_ptr();
+  return call;
+}
+
+namespace {
+
+// A token's scale, a bias's column and a count's row all need runs that are rows: where a
+// run holds several rows (gated's contiguous inputs are one run), it is split into them.
+void split_into_rows(PairLayout& in, int64_t row_len) {
+  if (in.run_len == row_len) return;
+  TORCH_INTERNAL_ASSERT(in.runs_per_outer == 1 && in.run_len % row_len == 0);
+  const int64_t rows_per_run = in.run_len / row_len;
+  in.runs_per_outer = rows_per_run;
+  in.run_stride = row_len * in.elem_stride;
+  in.runs *= rows_per_run;
+  in.run_len = row_len;
+}
+
+// The bias and counts of a call whose layout `in` has one run per row of the result (made so
+// here), `like` its (first) input. Packed: the bias is read as x's pairs are.
+RowPlan plan_rows(const RowArgs& a, const Tensor& like, PairLayout& in, bool packed,
+                  bool interleaved, bool gate_is_second) {
+  RowPlan rows;
+  rows.packed = packed;
+  rows.interleaved = interleaved;
+  rows.gate_is_second = gate_is_second;
+  if (!a.any() || in.numel() == 0) return rows;
+  const int64_t row_len = like.size(-1) / (packed ? 2 : 1);
+  split_into_rows(in, row_len);
+  if (a.bias) {
+    const Pairs pairs = packed_pairs(a.bias->contiguous().view({1, 2 * row_len}), 1,
+                                     interleaved, gate_is_second);
+    rows.gate_bias = rows.value_bias = pairs.base;
+    rows.gate_bias_offset = pairs.gate_offset;
+    rows.value_bias_offset = pairs.value_offset;
+  } else if (a.gate_bias || a.value_bias) {
+    const auto or_zeros = [&](const std::optional<Tensor>& b) {
+      return b ? b->contiguous() : at::zeros({row_len}, like.options());
+    };
+    rows.gate_bias = or_zeros(a.gate_bias);
+    rows.value_bias = or_zeros(a.value_bias);
+  }
+  if (a.valid_tokens) {
+    rows.valid_tokens = a.valid_tokens->contiguous();
+    rows.options.rows_per_group = like.size(1);
+  }
+  return rows;
+}
+
+// The backward's bias partials (BackwardCall::bias_grad_partials): [tiles, 2, row_len].
+void plan_bias_partials(RowPlan& rows, const Tensor& like, const PairLayout& in, int64_t row_len) {
+  const int64_t tiles = (in.runs + kBiasTileRows - 1) / kBiasTileRows;
+  const auto compute = like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  rows.partials = at::empty({tiles, 2, row_len}, like.options().dtype(compute));
+  if (kPoisonOutputs) rows.partials.fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
+}  // namespace
+
 ForwardPlan plan_glu_forward(const Tensor& x, int64_t dim, std::string_view function,
-                             std::string_view layout, double alpha, double limit) {
+                             std::string_view layout, double alpha, double limit,
+                             const RowArgs& rows) {
   const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
+  check_packed_rows(rows, x, args.dim);
   ForwardPlan plan;
   plan.op = args.op;
   plan.out = new_result(c10::asIntArrayRefUnchecked(halved_shape(x, args.dim)), x);
   if (plan.empty()) return plan;
-  const Pairs pairs = packed_pairs(x, args.dim, args.interleaved, args.function->gate_is_second);
+  const bool second = args.function->gate_is_second;
+  const Pairs pairs = packed_pairs(x, args.dim, args.interleaved, second);
   plan.in = pairs.layout;
   plan.gate = {pairs.base, pairs.gate_offset};
   plan.value = {pairs.base, pairs.value_offset};
+  plan.rows = plan_rows(rows, x, plan.in, true, args.interleaved, second);
   return plan;
 }
 
 BackwardPlan plan_glu_backward(const Tensor& grad_out, const Tensor& x, int64_t dim,
                                std::string_view function, std::string_view layout, double alpha,
-                               double limit) {
+                               double limit, const RowArgs& rows, bool bias_grad) {
   const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
   check_packed_grad(grad_out, x, args.dim);
+  check_packed_rows(rows, x, args.dim);
+  TORCH_INTERNAL_ASSERT(!bias_grad || rows.bias);
   BackwardPlan plan;
   plan.op = args.op;
   plan.grad_first = new_result(x.sizes(), x);
-  if (x.numel() == 0) return plan;
   const bool second = args.function->gate_is_second;
+  if (x.numel() == 0) {
+    plan.rows = plan_rows(rows, x, plan.in, true, args.interleaved, second);
+    if (bias_grad) plan_bias_partials(plan.rows, x, plan.in, x.size(-1) / 2);
+    return plan;
+  }
   const Pairs in = packed_pairs(x, args.dim, args.interleaved, second);
   const Pairs grad = packed_pairs(plan.grad_first, args.dim, args.interleaved, second);
   plan.in = in.layout;
@@ -287,6 +473,11 @@ BackwardPlan plan_glu_backward(const Tensor& grad_out, const Tensor& x, int64_t 
   plan.grad_in = grad.layout;
   plan.grad_gate = {plan.grad_first, grad.gate_offset};
   plan.grad_value = {plan.grad_first, grad.value_offset};
+  if (rows.any()) {
+    plan.rows = plan_rows(rows, x, plan.in, true, args.interleaved, second);
+    split_into_rows(plan.grad_in, plan.in.run_len);
+    if (bias_grad) plan_bias_partials(plan.rows, x, plan.in, plan.in.run_len);
+  }
   return plan;
 }
 
@@ -305,26 +496,35 @@ PairLayout gated_layout(Tensor& gate, Tensor& value) {
 }  // namespace
 
 ForwardPlan plan_gated_forward(const Tensor& gate_in, const Tensor& value_in,
-                               std::string_view activation) {
+                               std::string_view activation, const RowArgs& rows) {
   ForwardPlan plan;
   plan.op = check_gated(gate_in, value_in, activation);
+  check_gated_rows(rows, gate_in);
   plan.out = new_result(gate_in.sizes(), gate_in);
   if (plan.empty()) return plan;
   Tensor gate = gate_in, value = value_in;
   plan.in = gated_layout(gate, value);
   plan.gate = {gate};
   plan.value = {value};
+  plan.rows = plan_rows(rows, gate, plan.in, false, false, false);
   return plan;
 }
 
 BackwardPlan plan_gated_backward(const Tensor& grad_out, const Tensor& gate_in,
-                                 const Tensor& value_in, std::string_view activation) {
+                                 const Tensor& value_in, std::string_view activation,
+                                 const RowArgs& rows, bool bias_grad) {
   BackwardPlan plan;
   plan.op = check_gated(gate_in, value_in, activation);
   check_gated_grad(grad_out, gate_in);
+  check_gated_rows(rows, gate_in);
+  TORCH_INTERNAL_ASSERT(!bias_grad || rows.gate_bias || rows.value_bias);
   plan.grad_first = new_result(gate_in.sizes(), gate_in);
   plan.grad_second = new_result(gate_in.sizes(), gate_in);
-  if (gate_in.numel() == 0) return plan;
+  if (gate_in.numel() == 0) {
+    plan.rows = plan_rows(rows, gate_in, plan.in, false, false, false);
+    if (bias_grad) plan_bias_partials(plan.rows, gate_in, plan.in, gate_in.dim() ? gate_in.size(-1) : 0);
+    return plan;
+  }
   Tensor gate = gate_in, value = value_in;
   plan.in = gated_layout(gate, value);
   plan.gate = {gate};
@@ -335,6 +535,11 @@ BackwardPlan plan_gated_backward(const Tensor& grad_out, const Tensor& gate_in,
   plan.grad_in.outer_stride = plan.in.run_len;
   plan.grad_gate = {plan.grad_first};
   plan.grad_value = {plan.grad_second};
+  if (rows.any()) {
+    plan.rows = plan_rows(rows, gate, plan.in, false, false, false);
+    split_into_rows(plan.grad_in, plan.in.run_len);
+    if (bias_grad) plan_bias_partials(plan.rows, gate, plan.in, plan.in.run_len);
+  }
   return plan;
 }
 
@@ -558,6 +763,7 @@ Fp8Call Fp8Plan::call() const {
   out.gate = inputs.gate.data();
   out.value = inputs.value.data();
   out.static_scale = options.scale.has_value() ? options.scale->const_data_ptr<float>() : nullptr;
+  inputs.rows.point(out.rows);
   out.q = q.mutable_data_ptr();
   out.scales = scales.mutable_data_ptr<float>();
   return out;
@@ -590,19 +796,6 @@ Tensor Fp8Plan::result_scales() const {
 
 namespace {
 
-// A token's scale covers a row: where a run holds several rows (gated's contiguous inputs
-// are one run), the run is split into them, so that every kernel's token blocks are whole
-// runs (the CUDA kernel's lanes start at a block's first element).
-void split_into_rows(PairLayout& in, int64_t row_len) {
-  if (in.run_len == row_len) return;
-  TORCH_INTERNAL_ASSERT(in.runs_per_outer == 1 && in.run_len % row_len == 0);
-  const int64_t rows_per_run = in.run_len / row_len;
-  in.runs_per_outer = rows_per_run;
-  in.run_stride = row_len * in.elem_stride;
-  in.runs *= rows_per_run;
-  in.run_len = row_len;
-}
-
 // The plan's results and settings once its inputs are laid out; an empty q needs no kernel,
 // but its scales still follow the rule (a block of no elements has amax 0).
 void finish_fp8_plan(Fp8Plan& plan, const Tensor& like, c10::IntArrayRef out_shape) {
@@ -632,19 +825,22 @@ void finish_fp8_plan(Fp8Plan& plan, const Tensor& like, c10::IntArrayRef out_sha
 
 Fp8Plan plan_glu_forward_fp8(const Tensor& x, int64_t dim, std::string_view function,
                              std::string_view layout, double alpha, double limit,
-                             const Fp8Options& options) {
+                             const Fp8Options& options, const RowArgs& rows) {
   const PackedArgs args = check_packed(x, dim, function, layout, alpha, limit);
   const auto out_shape = halved_shape(x, args.dim);
   Fp8Plan plan;
   plan.options = options;
   plan.settings = check_fp8(options, out_shape, args.dim, x.device());
+  check_packed_rows(rows, x, args.dim);
   plan.inputs.op = args.op;
   finish_fp8_plan(plan, x, c10::asIntArrayRefUnchecked(out_shape));
   if (plan.empty()) return plan;
-  const Pairs pairs = packed_pairs(x, args.dim, args.interleaved, args.function->gate_is_second);
+  const bool second = args.function->gate_is_second;
+  const Pairs pairs = packed_pairs(x, args.dim, args.interleaved, second);
   plan.inputs.in = pairs.layout;
   plan.inputs.gate = {pairs.base, pairs.gate_offset};
   plan.inputs.value = {pairs.base, pairs.value_offset};
+  plan.inputs.rows = plan_rows(rows, x, plan.inputs.in, true, args.interleaved, second);
   TORCH_INTERNAL_ASSERT(plan.settings.block == 0 || plan.inputs.in.run_len % plan.settings.block == 0);
   return plan;
 }
@@ -656,12 +852,14 @@ int64_t gated_fp8_dim(const Tensor& gate) {
 }
 
 Fp8Plan plan_gated_forward_fp8(const Tensor& gate_in, const Tensor& value_in,
-                               std::string_view activation, const Fp8Options& options) {
+                               std::string_view activation, const Fp8Options& options,
+                               const RowArgs& rows) {
   Fp8Plan plan;
   plan.inputs.op = check_gated(gate_in, value_in, activation);
   plan.options = options;
   plan.settings =
       check_fp8(options, gate_in.sym_sizes(), gated_fp8_dim(gate_in), gate_in.device());
+  check_gated_rows(rows, gate_in);
   finish_fp8_plan(plan, gate_in, gate_in.sizes());
   if (plan.empty()) return plan;
   Tensor gate = gate_in, value = value_in;
@@ -669,6 +867,7 @@ Fp8Plan plan_gated_forward_fp8(const Tensor& gate_in, const Tensor& value_in,
   if (options.granularity == "token") split_into_rows(plan.inputs.in, gate.size(-1));
   plan.inputs.gate = {gate};
   plan.inputs.value = {value};
+  plan.inputs.rows = plan_rows(rows, gate, plan.inputs.in, false, false, false);
   TORCH_INTERNAL_ASSERT(plan.settings.block == 0 || plan.inputs.in.run_len % plan.settings.block == 0);
   return plan;
 }

@@ -43,6 +43,37 @@ ActivationCall check_gated(const at::Tensor& gate, const at::Tensor& value,
                            std::string_view activation);
 void check_gated_grad(const at::Tensor& grad_out, const at::Tensor& gate);
 
+// ---- bias and token counts (docs/contract.md, "Bias and token counts") --------------------
+
+// A call's optional bias and token-count arguments, as the ops take them. Packed ops have one
+// bias, in x's layout along the split (last) dim; gated ones a gate_bias and a value_bias.
+struct RowArgs {
+  std::optional<at::Tensor> bias;  // packed
+  std::optional<at::Tensor> gate_bias, value_bias;  // gated
+  std::optional<at::Tensor> valid_tokens;
+  bool any() const { return bias || gate_bias || value_bias || valid_tokens; }
+};
+
+// The checks of RowArgs against a packed call's x (dim checked, non-negative) or a gated
+// call's gate, in the reference's order and words (glu_fused/_checks.py, check_rows).
+void check_packed_rows(const RowArgs& rows, const at::Tensor& x, int64_t dim);
+void check_gated_rows(const RowArgs& rows, const at::Tensor& gate);
+
+// The bias and counts as the kernels take them, with the tensors they point into.
+struct RowPlan {
+  RowOptions options;
+  at::Tensor gate_bias, value_bias, valid_tokens;  // what options point into
+  int64_t gate_bias_offset = 0, value_bias_offset = 0;
+  // The bias gradient: per-tile partial sums (BackwardCall::bias_grad_partials), and how
+  // to lay their sums out as the bias (packed: x's halves or pairs, gate maybe second).
+  at::Tensor partials;
+  bool packed = false, interleaved = false, gate_is_second = false;
+  void point(RowOptions& into) const;
+  // The bias gradients from the partials, summed over the tiles in order: the packed bias's
+  // (one tensor) or gated's (gate_bias's, value_bias's), in the bias's dtype.
+  std::vector<at::Tensor> bias_grads(at::ScalarType dtype) const;
+};
+
 // x's shape with `dim` halved: the packed forward's result.
 std::vector<c10::SymInt> halved_shape(const at::Tensor& x, int64_t dim);
 
@@ -59,6 +90,7 @@ struct ForwardPlan {
   ActivationCall op;
   PairLayout in;
   Operand gate, value;
+  RowPlan rows;
   bool empty() const { return out.numel() == 0; }
   ForwardCall call() const;
 };
@@ -72,19 +104,24 @@ struct BackwardPlan {
   PairLayout grad_in;
   Operand grad_gate, grad_value;
   at::Tensor out;  // the in-place form: where act(gate) * value is written (grad_out itself)
+  RowPlan rows;
   bool empty() const { return in.numel() == 0; }
   BackwardCall call() const;
 };
 
+// `rows`: the bias and token counts; `bias_grad`: the backward also sums the bias gradient's
+// partials (rows.partials), which RowPlan::bias_grads turns into the gradients.
 ForwardPlan plan_glu_forward(const at::Tensor& x, int64_t dim, std::string_view function,
-                             std::string_view layout, double alpha, double limit);
+                             std::string_view layout, double alpha, double limit,
+                             const RowArgs& rows = {});
 BackwardPlan plan_glu_backward(const at::Tensor& grad_out, const at::Tensor& x, int64_t dim,
                                std::string_view function, std::string_view layout, double alpha,
-                               double limit);
+                               double limit, const RowArgs& rows = {}, bool bias_grad = false);
 ForwardPlan plan_gated_forward(const at::Tensor& gate, const at::Tensor& value,
-                               std::string_view activation);
+                               std::string_view activation, const RowArgs& rows = {});
 BackwardPlan plan_gated_backward(const at::Tensor& grad_out, const at::Tensor& gate,
-                                 const at::Tensor& value, std::string_view activation);
+                                 const at::Tensor& value, std::string_view activation,
+                                 const RowArgs& rows = {}, bool bias_grad = false);
 
 // The in-place backward: act(gate) * value written over grad_out, the gradients over gate and
 // value. The tensors must be read in place (no copy), distinct and without internal overlap:
@@ -123,9 +160,10 @@ struct Fp8Plan {
 
 Fp8Plan plan_glu_forward_fp8(const at::Tensor& x, int64_t dim, std::string_view function,
                              std::string_view layout, double alpha, double limit,
-                             const Fp8Options& options);
+                             const Fp8Options& options, const RowArgs& rows = {});
 Fp8Plan plan_gated_forward_fp8(const at::Tensor& gate, const at::Tensor& value,
-                               std::string_view activation, const Fp8Options& options);
+                               std::string_view activation, const Fp8Options& options,
+                               const RowArgs& rows = {});
 
 // Meta: (q, scales) of the right shapes, strides and dtypes after the same checks.
 // gated()'s quantized dim, the last: a 0-dimensional pair has none (an error).

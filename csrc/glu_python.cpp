@@ -113,7 +113,8 @@ PyObject* packed_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Tensor out;
   {
     py::gil_scoped_release no_gil;
-    out = ops(static_cast<Family>(route)).glu_forward.call(x, dim, function, layout, alpha, limit);
+    out = ops(static_cast<Family>(route))
+              .glu_forward.call(x, dim, function, layout, alpha, limit, std::nullopt, std::nullopt);
   }
   return wrap(std::move(out));
   END_HANDLE_TH_ERRORS
@@ -136,7 +137,8 @@ PyObject* gated_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Tensor out;
   {
     py::gil_scoped_release no_gil;
-    out = ops(static_cast<Family>(route)).gated_forward.call(gate, value, activation);
+    out = ops(static_cast<Family>(route))
+              .gated_forward.call(gate, value, activation, std::nullopt, std::nullopt, std::nullopt);
   }
   return wrap(std::move(out));
   END_HANDLE_TH_ERRORS
@@ -159,6 +161,17 @@ PyMethodDef kFastCalls[] = {
 // (Triton's interpreter, too, reads through the whole storage).
 Tensor pointer(const Operand& o) {
   return o.tensor.as_strided({1}, {1}, o.tensor.storage_offset() + o.offset);
+}
+
+// The bias and counts (None where the call has none; see RowOptions in glu_kernels.h).
+void add_rows(py::dict& launch, const RowPlan& rows) {
+  launch["bias"] = py::none();
+  if (rows.gate_bias.defined()) {
+    launch["bias"] = py::make_tuple(pointer({rows.gate_bias, rows.gate_bias_offset}),
+                                    pointer({rows.value_bias, rows.value_bias_offset}));
+  }
+  launch["valid_rows"] = rows.valid_tokens.defined() ? py::cast(rows.valid_tokens) : py::none();
+  launch["rows_per_group"] = rows.options.rows_per_group;
 }
 
 py::dict launch_of(const ActivationCall& op, const PairLayout& in, const Operand& gate,
@@ -189,7 +202,13 @@ py::object dense_launch(bool empty, const ActivationCall& op, const PairLayout& 
 }
 
 py::object forward_launch(const ForwardPlan& plan) {
-  return dense_launch(plan.empty(), plan.op, plan.in, plan.gate, plan.value, plan.out);
+  py::object launch =
+      dense_launch(plan.empty(), plan.op, plan.in, plan.gate, plan.value, plan.out);
+  if (!launch.is_none()) {
+    py::dict d = launch;
+    add_rows(d, plan.rows);
+  }
+  return launch;
 }
 
 py::object backward_launch(const BackwardPlan& plan) {
@@ -199,47 +218,91 @@ py::object backward_launch(const BackwardPlan& plan) {
                                       pointer(plan.grad_gate), pointer(plan.grad_value));
   launch["strides"] = py::make_tuple(plan.in.outer_stride, plan.in.run_stride,
                                      plan.grad_in.outer_stride, plan.grad_in.run_stride);
+  add_rows(launch, plan.rows);
+  launch["bias_grad_partials"] =
+      plan.rows.partials.defined() ? py::cast(plan.rows.partials) : py::none();
+  launch["bias_tile_rows"] = kBiasTileRows;
   return std::move(launch);
 }
+
+// A backward plan's bias gradients, once its kernel has written the partials.
+py::object bias_grads_of(const BackwardPlan& plan, at::ScalarType dtype) {
+  const auto grads = plan.rows.bias_grads(dtype);
+  if (grads.size() == 1) return py::cast(grads[0]);
+  return py::make_tuple(grads[0], grads[1]);
+}
+
+using OptTensor = std::optional<Tensor>;
 
 py::object backward_in_place_launch(const BackwardPlan& plan) {
   return dense_launch(plan.empty(), plan.op, plan.in, plan.gate, plan.value, plan.grad_out);
 }
 
 void define_plans(py::module_& m) {
+  using py::arg;
   m.def(
       "plan_glu_forward",
       [](const Tensor& x, int64_t dim, std::string_view function, std::string_view layout,
-         double alpha, double limit) {
-        const ForwardPlan plan = plan_glu_forward(x, dim, function, layout, alpha, limit);
+         double alpha, double limit, const OptTensor& bias, const OptTensor& valid_tokens) {
+        const ForwardPlan plan = plan_glu_forward(x, dim, function, layout, alpha, limit,
+                                                  {bias, std::nullopt, std::nullopt, valid_tokens});
         return py::make_tuple(plan.out, forward_launch(plan));
       },
+      arg("x"), arg("dim"), arg("function"), arg("layout"), arg("alpha"), arg("limit"),
+      arg("bias") = py::none(), arg("valid_tokens") = py::none(),
       "(result, launch or None) of glu_forward's arguments, checked.");
   m.def(
       "plan_glu_backward",
       [](const Tensor& grad_out, const Tensor& x, int64_t dim, std::string_view function,
-         std::string_view layout, double alpha, double limit) {
-        const BackwardPlan plan =
-            plan_glu_backward(grad_out, x, dim, function, layout, alpha, limit);
-        return py::make_tuple(plan.grad_first, backward_launch(plan));
+         std::string_view layout, double alpha, double limit, const OptTensor& bias,
+         const OptTensor& valid_tokens, bool bias_grad) {
+        auto plan = std::make_shared<BackwardPlan>(
+            plan_glu_backward(grad_out, x, dim, function, layout, alpha, limit,
+                              {bias, std::nullopt, std::nullopt, valid_tokens}, bias_grad));
+        py::object finish = py::none();
+        if (bias_grad) {
+          const auto dtype = x.scalar_type();
+          finish = py::cpp_function([plan, dtype] { return bias_grads_of(*plan, dtype); });
+        }
+        return py::make_tuple(plan->grad_first, backward_launch(*plan), finish);
       },
-      "(grad_x, launch or None) of glu_backward's arguments, checked.");
+      arg("grad_out"), arg("x"), arg("dim"), arg("function"), arg("layout"), arg("alpha"),
+      arg("limit"), arg("bias") = py::none(), arg("valid_tokens") = py::none(),
+      arg("bias_grad") = false,
+      "(grad_x, launch or None, finish or None) of glu_backward's arguments, checked; with "
+      "bias_grad, finish() gives the bias gradient once the kernel has run.");
   m.def(
       "plan_gated_forward",
-      [](const Tensor& gate, const Tensor& value, std::string_view activation) {
-        const ForwardPlan plan = plan_gated_forward(gate, value, activation);
+      [](const Tensor& gate, const Tensor& value, std::string_view activation,
+         const OptTensor& gate_bias, const OptTensor& value_bias, const OptTensor& valid_tokens) {
+        const ForwardPlan plan = plan_gated_forward(
+            gate, value, activation, {std::nullopt, gate_bias, value_bias, valid_tokens});
         return py::make_tuple(plan.out, forward_launch(plan));
       },
+      arg("gate"), arg("value"), arg("activation"), arg("gate_bias") = py::none(),
+      arg("value_bias") = py::none(), arg("valid_tokens") = py::none(),
       "(result, launch or None) of gated_forward's arguments, checked.");
   m.def(
       "plan_gated_backward",
       [](const Tensor& grad_out, const Tensor& gate, const Tensor& value,
-         std::string_view activation) {
-        const BackwardPlan plan = plan_gated_backward(grad_out, gate, value, activation);
-        return py::make_tuple(py::make_tuple(plan.grad_first, plan.grad_second),
-                              backward_launch(plan));
+         std::string_view activation, const OptTensor& gate_bias, const OptTensor& value_bias,
+         const OptTensor& valid_tokens, bool bias_grad) {
+        auto plan = std::make_shared<BackwardPlan>(
+            plan_gated_backward(grad_out, gate, value, activation,
+                                {std::nullopt, gate_bias, value_bias, valid_tokens}, bias_grad));
+        py::object finish = py::none();
+        if (bias_grad) {
+          const auto dtype = gate.scalar_type();
+          finish = py::cpp_function([plan, dtype] { return bias_grads_of(*plan, dtype); });
+        }
+        return py::make_tuple(py::make_tuple(plan->grad_first, plan->grad_second),
+                              backward_launch(*plan), finish);
       },
-      "((grad_gate, grad_value), launch or None) of gated_backward's arguments, checked.");
+      arg("grad_out"), arg("gate"), arg("value"), arg("activation"),
+      arg("gate_bias") = py::none(), arg("value_bias") = py::none(),
+      arg("valid_tokens") = py::none(), arg("bias_grad") = false,
+      "((grad_gate, grad_value), launch or None, finish or None) of gated_backward's "
+      "arguments, checked; with bias_grad, finish() gives (grad_gate_bias, grad_value_bias).");
   m.def(
       "plan_gated_backward_in_place",
       [](const Tensor& grad_out, const Tensor& gate, const Tensor& value,

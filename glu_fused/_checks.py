@@ -93,3 +93,75 @@ def gated_args(gate: torch.Tensor, value: torch.Tensor, activation: str) -> None
     check_dtype(value, "value")
     check_same(gate, value, "gate", "value")
     check_activation(activation)
+
+
+# ---- bias and token counts (docs/contract.md, "Bias and token counts") ---------------------
+
+
+def _check_bias(b, name: str, x: torch.Tensor, x_name: str, size: int) -> None:
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"glu_fused: {name} must be a torch.Tensor, got {type(b).__name__}")
+    if b.dim() != 1 or b.shape[0] != size:
+        raise ValueError(f"glu_fused: {name} must have shape ({size},), got {tuple(b.shape)}")
+    if b.dtype != x.dtype:
+        raise ValueError(f"glu_fused: {name} must have {x_name}'s dtype {x.dtype}, got {b.dtype}")
+    if b.device != x.device:
+        raise ValueError(
+            f"glu_fused: {name} must be on {x_name}'s device {x.device}, got {b.device}"
+        )
+
+
+def _check_valid_tokens(v, x: torch.Tensor, x_name: str, dim: int) -> None:
+    """Counts of rows of x [experts, tokens, features], int32 [experts] on x's device, each in
+    [0, tokens]; the values are read only on the CPU (elsewhere: no synchronization)."""
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"glu_fused: valid_tokens must be a torch.Tensor, got {type(v).__name__}")
+    if x.dim() != 3 or dim != 2:
+        raise ValueError(
+            f"glu_fused: valid_tokens counts the rows of {x_name} shaped [experts, tokens, "
+            f"features], split along the last dim; got {x.dim()} dimensions, dim {dim}"
+        )
+    if v.dtype != torch.int32:
+        raise ValueError(f"glu_fused: valid_tokens must be torch.int32, got {v.dtype}")
+    if v.dim() != 1 or v.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"glu_fused: valid_tokens must have shape ({x.shape[0]},), got {tuple(v.shape)}"
+        )
+    if v.device != x.device:
+        raise ValueError(
+            f"glu_fused: valid_tokens must be on {x_name}'s device {x.device}, got {v.device}"
+        )
+    if v.device.type == "cpu" and not torch.compiler.is_compiling():
+        tokens = x.shape[1]
+        for expert, count in enumerate(v.tolist()):
+            if not 0 <= count <= tokens:
+                raise ValueError(
+                    f"glu_fused: valid_tokens must lie in [0, {tokens}], got {count} "
+                    f"for expert {expert}"
+                )
+
+
+def packed_rows(x: torch.Tensor, dim: int, bias, valid_tokens) -> None:
+    """A packed call's bias and token counts, in the ops' order (dim made non-negative)."""
+    if bias is not None:
+        if dim != x.dim() - 1:
+            raise ValueError(
+                f"glu_fused: a bias is added along the last dim; split along it, got dim {dim}"
+            )
+        _check_bias(bias, "bias", x, "x", x.shape[dim])
+    if valid_tokens is not None:
+        _check_valid_tokens(valid_tokens, x, "x", dim)
+
+
+def gated_rows(gate: torch.Tensor, gate_bias, value_bias, valid_tokens) -> None:
+    """A gated call's biases and token counts, in the ops' order."""
+    if (gate_bias is not None or value_bias is not None) and gate.dim() == 0:
+        raise ValueError(
+            "glu_fused: a bias is added along the last dim; a 0-dimensional tensor has none"
+        )
+    if gate_bias is not None:
+        _check_bias(gate_bias, "gate_bias", gate, "gate", gate.shape[-1])
+    if value_bias is not None:
+        _check_bias(value_bias, "value_bias", gate, "gate", gate.shape[-1])
+    if valid_tokens is not None:
+        _check_valid_tokens(valid_tokens, gate, "gate", gate.dim() - 1)

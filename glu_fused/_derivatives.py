@@ -107,12 +107,36 @@ def _pair_double_backward(gg_g, gg_v, dy, g, v, activation, alpha, limit):
     return gg_g * f_g + gg_v * f_v, dy * (gg_g * f_gg + gg_v * f_gv), dy * (gg_g * f_gv)
 
 
-def gated_double_backward(grad_grad_gate, grad_grad_value, grad_out, gate, value, activation):
+def _rows(t, bias, mask):
+    """t in the compute type, its bias added; rows past the counts as zeros. Those rows'
+    gradients are zeros whatever the inputs, so every derivative there is zero too."""
+    return reference.with_rows(reference.opmath(t), bias, mask)
+
+
+def gated_double_backward(
+    grad_grad_gate,
+    grad_grad_value,
+    grad_out,
+    gate,
+    value,
+    activation,
+    gate_bias=None,
+    value_bias=None,
+    valid_tokens=None,
+):
     """The gated_double_backward op: (d grad_out, d gate, d value) of
-    <(grad_grad_gate, grad_grad_value), gated_backward(grad_out, gate, value)>."""
-    m = reference.opmath
+    <(grad_grad_gate, grad_grad_value), gated_backward(grad_out, gate, value)>, the inputs
+    biased and the rows past the counts left out as the backward has them."""
+    mask = reference.row_mask(gate, valid_tokens)
     out = _pair_double_backward(
-        m(grad_grad_gate), m(grad_grad_value), m(grad_out), m(gate), m(value), activation, 0, 0
+        _rows(grad_grad_gate, None, mask),
+        _rows(grad_grad_value, None, mask),
+        _rows(grad_out, None, mask),
+        _rows(gate, gate_bias, mask),
+        _rows(value, value_bias, mask),
+        activation,
+        0,
+        0,
     )
     return tuple(t.to(gate.dtype) for t in out)
 
@@ -124,21 +148,33 @@ def _join(first: torch.Tensor, second: torch.Tensor, dim: int, interleaved: bool
     return torch.cat((first, second), dim)
 
 
-def packed_double_backward(grad_grad_x, grad_out, x, dim, function, layout, alpha, limit):
+def packed_double_backward(
+    grad_grad_x,
+    grad_out,
+    x,
+    dim,
+    function,
+    layout,
+    alpha,
+    limit,
+    bias=None,
+    valid_tokens=None,
+):
     """The glu_double_backward op: (d grad_out, d x) of <grad_grad_x, glu_backward(grad_out,
-    x)>, for a packed function's arguments as the ops take them."""
+    x)>, for a packed function's arguments as the ops take them (the bias added to x, the
+    rows past the counts left out, as the backward has them)."""
     f = PACKED_FUNCTIONS[function]
     dim = dim % x.dim()
     interleaved = layout == "interleaved"
-    m = reference.opmath
-    x1, x2 = reference.split(m(x), dim, interleaved)
-    gg1, gg2 = reference.split(m(grad_grad_x), dim, interleaved)
+    mask = reference.row_mask(x, valid_tokens)
+    x1, x2 = reference.split(_rows(x, bias, mask), dim, interleaved)
+    gg1, gg2 = reference.split(_rows(grad_grad_x, None, mask), dim, interleaved)
     if f.gate_is_second:
         (g, v), (gg_g, gg_v) = (x2, x1), (gg2, gg1)
     else:
         (g, v), (gg_g, gg_v) = (x1, x2), (gg1, gg2)
     d_dy, d_g, d_v = _pair_double_backward(
-        gg_g, gg_v, m(grad_out), g, v, f.activation.name, alpha, limit
+        gg_g, gg_v, _rows(grad_out, None, mask), g, v, f.activation.name, alpha, limit
     )
     halves = (d_v, d_g) if f.gate_is_second else (d_g, d_v)
     d_x = _join(*halves, dim, interleaved)

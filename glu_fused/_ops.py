@@ -4,10 +4,19 @@ kernels and autograd kernels are C++ (csrc/glu_ops.cpp, csrc/glu_autograd.cpp).
 Two op families share the schemas: "native" (glu_fused::glu_forward, ...: the extension's
 kernels) and "triton" (glu_fused::triton_glu_forward, ...: glu_fused/_triton/ops.py).
 
-  glu_forward(x, dim, function, layout, alpha, limit) -> out
-  glu_backward(grad_out, x, dim, function, layout, alpha, limit) -> grad_x
-  gated_forward(gate, value, activation) -> out
-  gated_backward(grad_out, gate, value, activation) -> (grad_gate, grad_value)
+  glu_forward(x, dim, function, layout, alpha, limit, bias=None, valid_tokens=None) -> out
+  glu_backward(grad_out, x, dim, function, layout, alpha, limit, bias=None,
+               valid_tokens=None) -> grad_x
+  glu_backward_bias(grad_out, x, ..., bias, valid_tokens=None) -> (grad_x, grad_bias)
+  gated_forward(gate, value, activation, gate_bias=None, value_bias=None,
+                valid_tokens=None) -> out
+  gated_backward(grad_out, gate, value, activation, ...) -> (grad_gate, grad_value)
+  gated_backward_bias(grad_out, gate, value, activation, gate_bias, value_bias,
+                      valid_tokens=None) -> (grad_gate, grad_value, grad_gate_bias,
+                                             grad_value_bias)
+
+(the bias and token counts: docs/contract.md, "Bias and token counts"; the *_bias ops are
+the backward that autograd calls when a bias needs its gradient, fused into the same pass.)
 
 Registered here, for both families:
   * the double-backward ops, glu_double_backward and gated_double_backward: the
@@ -132,6 +141,11 @@ def _batch_first(tensors, in_dims, batch_size: int) -> list[torch.Tensor]:
 def _register_vmap(op: OpOverload, n_tensors: int, dim_arg: int | None, n_outputs: int) -> None:
     # A non-negative dim argument moves one place right; a negative one counts from the end.
     def rule(info, in_dims, *inputs):
+        if any(d is not None for d in in_dims[n_tensors:]):
+            raise ValueError(
+                "glu_fused: vmap over a bias or valid_tokens is not supported; batch the "
+                "input, or add the bias first"
+            )
         tensors = _batch_first(inputs[:n_tensors], in_dims[:n_tensors], info.batch_size)
         args = list(inputs[n_tensors:])
         if dim_arg is not None and args[dim_arg] >= 0:
@@ -236,6 +250,17 @@ class FusedFunction(torch.autograd.Function):
         return family.tangent(slopes, tangents, ctx.args)
 
 
+def add_bias(t: torch.Tensor, bias: torch.Tensor | None, compute_type: bool = False):
+    """t + bias in the compute type (float32 for 16-bit inputs), unrounded, as the fused ops
+    add it. Under forward-mode AD and torch.func transforms the bias is PyTorch's add (its
+    tangent and batching are then PyTorch's), the op runs in the compute type on the sum and
+    its result is rounded once to t's dtype by the caller: the fused op's numbers. Without a
+    bias, t itself (in the compute type with `compute_type`, for gated's other tensor)."""
+    if bias is None:
+        return reference.opmath(t) if compute_type else t
+    return reference.opmath(t) + reference.opmath(bias)
+
+
 def transforms_active() -> bool:
     """Whether forward-mode AD or a torch.func transform may see this call, in eager code.
     (torch.compile traces the op itself: its graphs do not run custom jvps.)"""
@@ -250,12 +275,12 @@ def transforms_active() -> bool:
 # (csrc/cuda/glu_fp8.cu), the Triton family's in glu_fused/_triton/fp8.py.
 
 
-def _triton_fp8(name: str, *args):
+def _triton_fp8(name: str, *args, **rows):
     """The Triton family's fused FP8 call `name` (glu_fused/_triton/fp8.py), imported with
     Triton at the first call: importing glu_fused does not import Triton."""
     from ._triton import fp8
 
-    return getattr(fp8, name)(*args)
+    return getattr(fp8, name)(*args, **rows)
 
 
 # Family -> its FP8 calls: (packed, gated), taking the ops' arguments.

@@ -100,21 +100,32 @@ def packed(
     limit: float,
     out_dtype: torch.dtype | None = None,
     fp8: dict | None = None,
+    bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
 ) -> Result:
     """The glu_forward op's call: `function` (a name of glu_fused._table.PACKED_FUNCTIONS)
     of `x` split along `dim` in `layout`, by the backend in force; with an FP8 `out_dtype`
-    the glu_forward_fp8 op's, `fp8` its options (Fp8Options)."""
+    the glu_forward_fp8 op's, `fp8` its options (Fp8Options); `bias` and `valid_tokens` as
+    the ops take them."""
+    rows = {}
+    if bias is not None or valid_tokens is not None:
+        rows = {"bias": bias, "valid_tokens": valid_tokens}
     if out_dtype is not None or fp8:
         device_type = _device_type(x, "x")
-        op_args = _fp8_op_args((x,), out_dtype, fp8 or {})
+        op_args = _fp8_op_args((x, *_tensors(bias)), out_dtype, fp8 or {})
         if op_args is not None:
             backend = backends.route(device_type)
-            return backend.packed_fp8(x, dim, function, layout, alpha, limit, *op_args)
-    if not _is_compiling():
+            return backend.packed_fp8(x, dim, function, layout, alpha, limit, *op_args, **rows)
+    if not rows and not _is_compiling():
         out = _fast_packed(x, dim, function, layout, alpha, limit)
         if out is not NotImplemented:
             return out
-    return backends.route(_device_type(x, "x")).packed(x, dim, function, layout, alpha, limit)
+    backend = backends.route(_device_type(x, "x"))
+    return backend.packed(x, dim, function, layout, alpha, limit, **rows)
+
+
+def _tensors(*maybe: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    return tuple(t for t in maybe if isinstance(t, torch.Tensor))
 
 
 def glu(
@@ -123,6 +134,8 @@ def glu(
     *,
     layout: str = "halves",
     out_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
     **fp8: Unpack[Fp8Options],
 ) -> Result:
     r"""Gated linear unit: :math:`x_1 \cdot \sigma(x_2)`, the same as ``F.glu``.
@@ -134,12 +147,21 @@ def glu(
         out_dtype: None (x's dtype), or an FP8 type: the result quantized in the same
             pass, returned as ``(q, scale)`` with ``q * scale`` approximating it
             (``fp8``: the options of :class:`Fp8Options`). Every function takes these.
+        bias: None, or a ``[size along dim]`` tensor in x's layout (x's dtype and device),
+            added to x in float32 (float64 for float64), unrounded, before the function:
+            ``function(x + bias)``; x must be split along its last dim. Its gradient is
+            fused into the backward.
+        valid_tokens: None, or int32 ``[E]`` for x ``[E, T, 2H]``: only the first
+            ``valid_tokens[e]`` rows of expert ``e`` are read and written; the result's
+            other rows are left unwritten, the input gradient's are zero.
 
     Example:
         >>> glu_fused.glu(torch.randn(4, 8)).shape
         torch.Size([4, 4])
     """
-    return packed(x, dim, "glu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8)
+    return packed(
+        x, dim, "glu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8, bias, valid_tokens
+    )
 
 
 def swiglu(
@@ -148,11 +170,15 @@ def swiglu(
     *,
     layout: str = "halves",
     out_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
     **fp8: Unpack[Fp8Options],
 ) -> Result:
     r"""SwiGLU: :math:`\mathrm{silu}(x_1) \cdot x_2`, with
     :math:`\mathrm{silu}(a) = a \, \sigma(a)`."""
-    return packed(x, dim, "swiglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8)
+    return packed(
+        x, dim, "swiglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8, bias, valid_tokens
+    )
 
 
 def geglu(
@@ -162,6 +188,8 @@ def geglu(
     approximate: str = "none",
     layout: str = "halves",
     out_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
     **fp8: Unpack[Fp8Options],
 ) -> Result:
     r"""GeGLU: :math:`\mathrm{gelu}(x_1) \cdot x_2`.
@@ -170,7 +198,9 @@ def geglu(
     ``"tanh"``: :math:`\tfrac{a}{2}(1 + \tanh(\sqrt{2/\pi}\,(a + 0.044715 a^3)))`.
     """
     function = _checks.geglu_function(approximate)
-    return packed(x, dim, function, layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8)
+    return packed(
+        x, dim, function, layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8, bias, valid_tokens
+    )
 
 
 def reglu(
@@ -179,10 +209,14 @@ def reglu(
     *,
     layout: str = "halves",
     out_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
     **fp8: Unpack[Fp8Options],
 ) -> Result:
     r"""ReGLU: :math:`\max(x_1, 0) \cdot x_2`."""
-    return packed(x, dim, "reglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8)
+    return packed(
+        x, dim, "reglu", layout, DEFAULT_ALPHA, DEFAULT_LIMIT, out_dtype, fp8, bias, valid_tokens
+    )
 
 
 def clamped_swiglu(
@@ -193,6 +227,8 @@ def clamped_swiglu(
     limit: float = DEFAULT_LIMIT,
     layout: str = "interleaved",
     out_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
     **fp8: Unpack[Fp8Options],
 ) -> Result:
     r"""The clamped SwiGLU of gpt-oss.
@@ -201,7 +237,9 @@ def clamped_swiglu(
     \mathrm{limit})`, result :math:`g \, \sigma(\alpha g) \, (l + 1)`. Interleaved by default,
     as gpt-oss packs its gate and up projections.
     """
-    return packed(x, dim, "clamped_swiglu", layout, alpha, limit, out_dtype, fp8)
+    return packed(
+        x, dim, "clamped_swiglu", layout, alpha, limit, out_dtype, fp8, bias, valid_tokens
+    )
 
 
 def gated(
@@ -210,21 +248,31 @@ def gated(
     activation: str = "silu",
     *,
     out_dtype: torch.dtype | None = None,
+    gate_bias: torch.Tensor | None = None,
+    value_bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
     **fp8: Unpack[Fp8Options],
 ) -> Result:
-    r""":math:`\mathrm{act}(\mathrm{gate}) \cdot \mathrm{value}` for two tensors of one shape.
+    r""":math:`\mathrm{act}(\mathrm{gate} + b_g) \cdot (\mathrm{value} + b_v)` for two tensors
+    of one shape.
 
     ``activation`` is ``"sigmoid"``, ``"silu"``, ``"gelu"``, ``"gelu_tanh"`` or ``"relu"``.
-    With an FP8 ``out_dtype``, ``(q, scale)`` as for the packed functions.
+    With an FP8 ``out_dtype``, ``(q, scale)`` as for the packed functions. ``gate_bias`` and
+    ``value_bias`` (``[gate.shape[-1]]`` each, either or both) and ``valid_tokens`` (gate and
+    value ``[E, T, H]``) as the packed functions' ``bias`` and ``valid_tokens``.
     """
+    rows = {}
+    if gate_bias is not None or value_bias is not None or valid_tokens is not None:
+        rows = {"gate_bias": gate_bias, "value_bias": value_bias, "valid_tokens": valid_tokens}
     if out_dtype is not None or fp8:
         device_type = _device_type(gate, "gate")
         _device_type(value, "value")
-        op_args = _fp8_op_args((gate, value), out_dtype, fp8)
+        op_args = _fp8_op_args((gate, value, *_tensors(gate_bias, value_bias)), out_dtype, fp8)
         if op_args is not None:
-            return backends.route(device_type).gated_fp8(gate, value, activation, *op_args)
-    if not _is_compiling():
+            backend = backends.route(device_type)
+            return backend.gated_fp8(gate, value, activation, *op_args, **rows)
+    if not rows and not _is_compiling():
         out = _fast_gated(gate, value, activation)
         if out is not NotImplemented:
             return out
-    return backends.route(_device_type(gate, "gate")).gated(gate, value, activation)
+    return backends.route(_device_type(gate, "gate")).gated(gate, value, activation, **rows)

@@ -93,13 +93,17 @@ def infer_activation(act_fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
         >>> glu_fused.nn.infer_activation(torch.nn.GELU(approximate="tanh"))
         'gelu_tanh'
     """
-    probe = torch.cat(
-        [
-            torch.linspace(-_PROBE_RANGE, _PROBE_RANGE, 241, dtype=torch.float64),
-            torch.tensor(_PROBE_FAR, dtype=torch.float64),
-        ]
-    )
+    # On the CPU whatever the ambient device: a model built under torch.device("meta")
+    # (from_pretrained, accelerate's init_empty_weights, FSDP's meta init) has activations
+    # that still compute, but meta tensors have no values to compare.
+    cpu = {"dtype": torch.float64, "device": "cpu"}
     try:
+        probe = torch.cat(
+            [
+                torch.linspace(-_PROBE_RANGE, _PROBE_RANGE, 241, **cpu),
+                torch.tensor(_PROBE_FAR, **cpu),
+            ]
+        )
         with torch.no_grad():
             values = act_fn(probe).to(torch.float64)
     # Whatever act_fn cannot do (a parameter on another device, a fixed shape...), the
@@ -108,6 +112,8 @@ def infer_activation(act_fn: Callable[[torch.Tensor], torch.Tensor]) -> str:
         raise ValueError(
             f"glu_fused: cannot evaluate the activation {act_fn!r}: {error}"
         ) from error
+    if values.device.type != "cpu":
+        raise ValueError(f"glu_fused: the activation {act_fn!r} gave no values on the CPU")
     for name in _table.GATE_ACTIVATIONS:
         expected = reference.activate(probe, name)
         if values.shape == expected.shape and torch.allclose(

@@ -96,6 +96,25 @@ def clamp(x: torch.Tensor, lo: float | None, hi: float) -> torch.Tensor:
     return x if lo is None else torch.where(x <= lo, lo, x)
 
 
+def row_mask(x: torch.Tensor, valid_tokens: torch.Tensor | None) -> torch.Tensor | None:
+    """[experts, tokens, 1]: whether each row of x [experts, tokens, features] is below its
+    expert's count (None without counts). Computed on x's device: no synchronization."""
+    if valid_tokens is None:
+        return None
+    tokens = torch.arange(x.shape[1], device=x.device)
+    return (tokens < valid_tokens[:, None]).unsqueeze(-1)
+
+
+def with_rows(
+    t: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """t (in the compute type) plus its bias, unrounded, with the rows past the counts taken
+    as zeros: they are not read (the fused ops neither read nor write them)."""
+    if bias is not None:
+        t = t + opmath(bias)
+    return t if mask is None else torch.where(mask, t, 0)
+
+
 def _packed_math(
     x1: torch.Tensor, x2: torch.Tensor, function: str, alpha: float, limit: float
 ) -> torch.Tensor:
@@ -116,34 +135,53 @@ def packed(
     layout: str = "halves",
     alpha: float = DEFAULT_ALPHA,
     limit: float = DEFAULT_LIMIT,
+    bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The packed `function` (a name of glu_fused._table.PACKED_FUNCTIONS) of `x` split
-    along `dim`: the glu_forward op's arguments."""
+    along `dim`: the glu_forward op's arguments. With `bias` (x's layout along the last dim)
+    the function of x + bias; with `valid_tokens` the rows of x [experts, tokens, 2H] past
+    each expert's count give zeros (where the fused ops leave them unwritten)."""
     dim, interleaved = _checks.packed_args(x, dim, function, layout)
-    x1, x2 = split(opmath(x), dim, interleaved)
+    _checks.packed_rows(x, dim, bias, valid_tokens)
+    mask = row_mask(x, valid_tokens)
+    x1, x2 = split(with_rows(opmath(x), bias, mask), dim, interleaved)
     return _packed_math(x1, x2, function, alpha, limit).to(x.dtype).contiguous()
 
 
-def glu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
+def glu(
+    x: torch.Tensor, dim: int = -1, *, layout: str = "halves", bias=None, valid_tokens=None
+) -> torch.Tensor:
     """x1 * sigmoid(x2)."""
-    return packed(x, dim, "glu", layout)
+    return packed(x, dim, "glu", layout, bias=bias, valid_tokens=valid_tokens)
 
 
-def swiglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
+def swiglu(
+    x: torch.Tensor, dim: int = -1, *, layout: str = "halves", bias=None, valid_tokens=None
+) -> torch.Tensor:
     """silu(x1) * x2."""
-    return packed(x, dim, "swiglu", layout)
+    return packed(x, dim, "swiglu", layout, bias=bias, valid_tokens=valid_tokens)
 
 
 def geglu(
-    x: torch.Tensor, dim: int = -1, *, approximate: str = "none", layout: str = "halves"
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    approximate: str = "none",
+    layout: str = "halves",
+    bias=None,
+    valid_tokens=None,
 ) -> torch.Tensor:
     """gelu(x1, approximate) * x2."""
-    return packed(x, dim, _checks.geglu_function(approximate), layout)
+    function = _checks.geglu_function(approximate)
+    return packed(x, dim, function, layout, bias=bias, valid_tokens=valid_tokens)
 
 
-def reglu(x: torch.Tensor, dim: int = -1, *, layout: str = "halves") -> torch.Tensor:
+def reglu(
+    x: torch.Tensor, dim: int = -1, *, layout: str = "halves", bias=None, valid_tokens=None
+) -> torch.Tensor:
     """relu(x1) * x2."""
-    return packed(x, dim, "reglu", layout)
+    return packed(x, dim, "reglu", layout, bias=bias, valid_tokens=valid_tokens)
 
 
 def clamped_swiglu(
@@ -153,16 +191,29 @@ def clamped_swiglu(
     alpha: float = DEFAULT_ALPHA,
     limit: float = DEFAULT_LIMIT,
     layout: str = "interleaved",
+    bias=None,
+    valid_tokens=None,
 ) -> torch.Tensor:
     """g * sigmoid(alpha * g) * (l + 1), g = x1.clamp(max=limit), l = x2.clamp(-limit, limit)."""
-    return packed(x, dim, "clamped_swiglu", layout, alpha, limit)
+    return packed(x, dim, "clamped_swiglu", layout, alpha, limit, bias, valid_tokens)
 
 
-def gated(gate: torch.Tensor, value: torch.Tensor, activation: str = "silu") -> torch.Tensor:
-    """act(gate) * value for two tensors of one shape: the gated_forward op's arguments."""
+def gated(
+    gate: torch.Tensor,
+    value: torch.Tensor,
+    activation: str = "silu",
+    gate_bias: torch.Tensor | None = None,
+    value_bias: torch.Tensor | None = None,
+    valid_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """act(gate + gate_bias) * (value + value_bias) for two tensors of one shape: the
+    gated_forward op's arguments (rows past `valid_tokens` as for `packed`)."""
     _checks.gated_args(gate, value, activation)
-    out = ACTIVATIONS[activation](opmath(gate)) * opmath(value)
-    return out.to(gate.dtype).contiguous()
+    _checks.gated_rows(gate, gate_bias, value_bias, valid_tokens)
+    mask = row_mask(gate, valid_tokens)
+    g = with_rows(opmath(gate), gate_bias, mask)
+    v = with_rows(opmath(value), value_bias, mask)
+    return (ACTIVATIONS[activation](g) * v).to(gate.dtype).contiguous()
 
 
 # ---- FP8 output: the activation, then the rule of glu_fused/_fp8.py -----------------------
@@ -189,16 +240,23 @@ def check_gated_fp8(gate, value, activation, fp8_args):
     return args, scale
 
 
-def packed_fp8(x, dim, function, layout, alpha, limit, *fp8_args):
-    """The glu_forward_fp8 op's call: (q, scale) of the packed `function` of x."""
+def packed_fp8(x, dim, function, layout, alpha, limit, *fp8_args, bias=None, valid_tokens=None):
+    """The glu_forward_fp8 op's call: (q, scale) of the packed `function` of x (rows past
+    `valid_tokens` quantize zeros)."""
     d, interleaved, args, scale = check_packed_fp8(x, dim, function, layout, fp8_args)
-    x1, x2 = split(opmath(x), d, interleaved)
+    _checks.packed_rows(x, d, bias, valid_tokens)
+    x1, x2 = split(with_rows(opmath(x), bias, row_mask(x, valid_tokens)), d, interleaved)
     y = _packed_math(x1, x2, function, alpha, limit)
     return _fp8.quantize(y.to(x.dtype) if args.intermediate == "input" else y, args, scale)
 
 
-def gated_fp8(gate, value, activation, *fp8_args):
+def gated_fp8(
+    gate, value, activation, *fp8_args, gate_bias=None, value_bias=None, valid_tokens=None
+):
     """The gated_forward_fp8 op's call: (q, scale) of act(gate) * value."""
     args, scale = check_gated_fp8(gate, value, activation, fp8_args)
-    y = ACTIVATIONS[activation](opmath(gate)) * opmath(value)
+    _checks.gated_rows(gate, gate_bias, value_bias, valid_tokens)
+    mask = row_mask(gate, valid_tokens)
+    g = with_rows(opmath(gate), gate_bias, mask)
+    y = ACTIVATIONS[activation](g) * with_rows(opmath(value), value_bias, mask)
     return _fp8.quantize(y.to(gate.dtype) if args.intermediate == "input" else y, args, scale)

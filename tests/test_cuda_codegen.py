@@ -52,10 +52,12 @@ def activation_names() -> dict[int, str]:
 @dataclass(frozen=True)
 class Instance:
     """What a kernel's mangled name says of it: glu_kernel<{Forward,Backward}Thread<A, T,
-    {VectorAccess<T, pairs>, ScalarAccess<T>}>>, or glu_phased_kernel<Fp8Thread<...>>."""
+    {VectorAccess<T, pairs>, ScalarAccess<T>}>>, or glu_phased_kernel<Fp8Thread<...>>; with
+    RowOptions (a bias, token counts), ForwardThread<..., true> and RowsBackwardThread."""
 
     activation: str
     dtype: str
+    # "forward", "backward", "fp8"; "forward-rows", "backward-rows": RowOptions' kernels.
     direction: str
     # 16-byte accesses: "halves", "pairs", and the same "-phased" (misaligned layouts);
     # else "scalar".
@@ -72,7 +74,8 @@ class Instance:
 
 def instance(name: str) -> Instance:
     m = re.search(
-        r"(Forward|Backward|Fp8)ThreadILNS_10ActivationE(\d+)E(6__half|13__nv_bfloat16|f|d)"
+        r"\d(Forward|Backward|Fp8|RowsBackward)ThreadILNS_10ActivationE(\d+)"
+        r"E(6__half|13__nv_bfloat16|f|d)"
         r"NS0_(12VectorAccess|12ScalarAccess)I(?:S\d+_|\w)(?:Lb([01])ELb([01]))?",
         name,
     )
@@ -81,7 +84,11 @@ def instance(name: str) -> Instance:
     path = "scalar"
     if access == "12VectorAccess":
         path = ("pairs" if pairs == "1" else "halves") + ("-phased" if phased == "1" else "")
-    return Instance(activation_names()[int(act)], DTYPES[dtype], direction.lower(), path)
+    direction = {"RowsBackward": "backward-rows"}.get(direction, direction.lower())
+    # ForwardThread's last template argument, kRows.
+    if direction == "forward" and re.search(r"ELb1EEEEEvT_$", name):
+        direction = "forward-rows"
+    return Instance(activation_names()[int(act)], DTYPES[dtype], direction, path)
 
 
 @dataclass
@@ -211,7 +218,7 @@ def kernel_table(rows, columns) -> str:
     keys = [
         ("kernel", 12, "activation"),
         ("dtype", 9, "dtype"),
-        ("direction", 9, "direction"),
+        ("direction", 13, "direction"),
         ("path", 13, "path"),
     ]
     head = " ".join([f"{h:<{w}}" for h, w, _ in keys] + [f"{h:>{w}}" for h, w, _ in columns])
@@ -263,18 +270,22 @@ def kernels(request, tmp_path_factory) -> dict[str, Kernel]:
 
 # Forward and backward, each: 6 activations x 4 dtypes x 5 paths (scalar; halves and pairs,
 # aligned or phased). FP8: 6 activations x (3 dtypes x 3 paths (scalar, phased halves and
-# pairs), and float64's scalar path).
+# pairs), and float64's scalar path). RowOptions' forward and backward: as FP8's, each.
 PLAIN_KERNELS = 2 * 6 * 4 * 5
 FP8_KERNELS = 6 * (3 * 3 + 1)
+ROWS_KERNELS = 2 * FP8_KERNELS
 
 
 def test_every_entry_point_is_compiled(kernels):
-    assert len(kernels) == PLAIN_KERNELS + FP8_KERNELS
+    assert len(kernels) == PLAIN_KERNELS + FP8_KERNELS + ROWS_KERNELS
     paths = {instance(name).path for name in kernels}
     assert paths == {"scalar", "halves", "pairs", "halves-phased", "pairs-phased"}
-    fp8 = [instance(name) for name in kernels if instance(name).direction == "fp8"]
-    assert len(fp8) == FP8_KERNELS
-    assert {i.path for i in fp8 if i.dtype == "float64"} == {"scalar"}
+    for direction, count in (("fp8", FP8_KERNELS), ("forward-rows", ROWS_KERNELS // 2),
+                             ("backward-rows", ROWS_KERNELS // 2)):  # fmt: skip
+        found = [instance(name) for name in kernels if instance(name).direction == direction]
+        assert len(found) == count, direction
+        assert {i.path for i in found if i.dtype == "float64"} == {"scalar"}, direction
+        assert {i.path for i in found} == {"scalar", "halves-phased", "pairs-phased"}, direction
     for kernel in kernels.values():
         assert kernel.registers > 0 and kernel.stack_frame >= 0, kernel.name
 
@@ -294,7 +305,7 @@ FP8_STORES = {"float16": r"st\.global\.v2\.(u|b)32", "bfloat16": r"st\.global\.v
 
 def test_vector_paths_move_data_in_128_bit_accesses(kernels):
     vector = [k for k in kernels.values() if VECTOR_PATH in k.name]
-    assert len(vector) == 4 * PLAIN_KERNELS // 5 + 6 * 3 * 2
+    assert len(vector) == 4 * PLAIN_KERNELS // 5 + 3 * (6 * 3 * 2)
     for kernel in vector:
         inst = instance(kernel.name)
         assert re.search(r"ld\.global\.nc\.v4\.(u|b)32", kernel.ptx), (
@@ -325,6 +336,10 @@ template <typename T>
 void print_both(const char* dtype) {
   print<T, kForwardInputs>(dtype, "forward");
   print<T, kBackwardInputs>(dtype, "backward");
+  // RowOptions' kernels stage as the plain ones: the forward's items, the backward's rows
+  // (a bias is loaded after an item's inputs, or once a thread: not counted as in flight).
+  print<T, kForwardInputs>(dtype, "forward-rows");
+  print<T, kBackwardInputs>(dtype, "backward-rows");
   std::printf("%s fp8 %d %d %d %d %d\n", dtype, Fp8Staging::kInputs, Fp8Staging::kItems,
               kThreads, static_cast<int>(sizeof(typename VectorAccess<T, false, false>::Dense)),
               static_cast<int>(sizeof(typename ScalarAccess<T>::Dense)));

@@ -1,5 +1,6 @@
 """The CUDA kernels' emulation on the host ($GLU_FUSED_EMULATE_CUDA), beyond what the shared
-suites run through it: the errors a launch returns, and which accesses the kernels make."""
+suites run through it: the errors a launch returns, which accesses the kernels make, and the
+row options (a bias, token counts, the bias gradient's partial sums) on every path."""
 
 from __future__ import annotations
 
@@ -94,6 +95,374 @@ def test_emulated_launch_errors_throw(tmp_path):
         assert m, f"the emulated {direction} launch did not throw:\n{out}"
         assert "invalid configuration" in m[1], m[1]
     assert "empty forward: returned" in out, out
+
+
+# RowOptions by hand (csrc/glu_kernels.h): reglu, whose float32 and float64 arithmetic the
+# probe repeats exactly, over 150 rows in groups of 50 with token counts 50, 50 and 20, so
+# that the bias gradient's tiles of kBiasTileRows (64) rows are full (rows 0-63), partly valid
+# (64-119 of 64-127) and empty (128-149, a tile cut short). Rows have a stride of 2 * 37 + 3
+# elements: their phases differ, on the phased and the scalar paths alike. Outputs start
+# NaN: the refused rows' forward outputs must stay so, their gradients be zeros, and every
+# partial is the valid rows' sum in increasing row order (in the compute type), bit for bit.
+# FP8 too (token, group and tensor scales), whose outputs the plan does not poison.
+ROWS_PROBE = r"""
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "glu_kernels.h"
+
+using namespace glu_fused;
+
+constexpr int64_t kRuns = 150, kLen = 37, kStride = 2 * kLen + 3, kPerGroup = 50;
+const int kCounts[3] = {50, 50, 20};
+
+template <typename T>
+T value_at(int64_t i, int salt) {  // exact small multiples of 1/16, both signs
+  return static_cast<T>(((i * 37 + salt * 11) % 97) - 48) / T(16);
+}
+
+template <typename T>
+bool same(T a, T b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// One configuration: bias on or off, counts on or off, halves or interleaved (the latter
+// with runs_per_outer 2, a run split into rows).
+template <typename T>
+std::string check(const char* name, ScalarKind kind, bool with_bias, bool with_counts,
+                  bool interleaved) {
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  std::vector<T> x(kRuns * kStride + 1), bias(2 * kLen), dy(kRuns * kLen);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = value_at<T>(int64_t(i), 1);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = value_at<T>(int64_t(i), 2);
+  for (size_t i = 0; i < dy.size(); ++i) dy[i] = value_at<T>(int64_t(i), 3);
+  std::vector<T> out(kRuns * kLen, nan), dx(kRuns * 2 * kLen, nan);
+  const int64_t tiles = (kRuns + kBiasTileRows - 1) / kBiasTileRows;
+  std::vector<T> partials(tiles * 2 * kLen, nan);  // of the compute type
+  const int64_t es = interleaved ? 2 : 1;
+  const int64_t vo = interleaved ? 1 : kLen;  // the value's offset from the gate
+  PairLayout in;
+  in.runs = kRuns;
+  in.run_len = kLen;
+  in.elem_stride = es;
+  in.outer_stride = kStride;
+  if (interleaved) {
+    in.runs_per_outer = 2;
+    in.outer_stride = 2 * kStride;
+    in.run_stride = kStride;
+  }
+  PairLayout grad_in = in;
+  grad_in.outer_stride = interleaved ? 4 * kLen : 2 * kLen;
+  grad_in.run_stride = 2 * kLen;
+  RowOptions rows;
+  if (with_bias) {
+    rows.gate_bias = bias.data();
+    rows.value_bias = bias.data() + vo;
+  }
+  if (with_counts) {
+    rows.valid_rows = kCounts;
+    rows.rows_per_group = kPerGroup;
+  }
+  const ActivationCall op{kind, Activation::Relu, 0.0, 0.0};
+  ForwardCall forward{op, in, x.data(), x.data() + vo, out.data()};
+  forward.rows = rows;
+  BackwardCall backward{op, in, x.data(), x.data() + vo, dy.data(), grad_in, dx.data(),
+                        dx.data() + vo};
+  backward.rows = rows;
+  backward.bias_grad_partials = with_bias ? partials.data() : nullptr;
+  gated_forward_cuda_emulated(forward);
+  gated_backward_cuda_emulated(backward);
+  std::vector<T> want(partials.size(), T(0));
+  for (int64_t r = 0; r < kRuns; ++r) {
+    const bool valid = !with_counts || r % kPerGroup < kCounts[r / kPerGroup];
+    for (int64_t e = 0; e < kLen; ++e) {
+      const int64_t at = r * kStride + e * es;
+      const int64_t grad_at = r * 2 * kLen + e * es;
+      T g = x[at], v = x[at + vo];
+      if (with_bias) {
+        g = g + bias[e * es];
+        v = v + bias[e * es + vo];
+      }
+      const T d = dy[r * kLen + e];
+      const T relu = g < T(0) ? T(0) : g;
+      const T want_y = valid ? relu * v : nan;
+      const T want_dg = valid ? (g > T(0) ? d * v : T(0)) : T(0);
+      const T want_dv = valid ? d * relu : T(0);
+      const std::string where = std::string(name) + (with_bias ? " bias" : "") +
+                                (with_counts ? " counts" : "") +
+                                (interleaved ? " interleaved" : " halves") + " row " +
+                                std::to_string(r) + " col " + std::to_string(e);
+      if (!same(out[r * kLen + e], want_y)) return where + ": forward differs\n";
+      if (!same(dx[grad_at], want_dg)) return where + ": gate gradient differs\n";
+      if (!same(dx[grad_at + vo], want_dv)) return where + ": value gradient differs\n";
+      if (valid) {
+        T* w = &want[(r / kBiasTileRows) * 2 * kLen + e];
+        w[0] += want_dg;
+        w[kLen] += want_dv;
+      }
+    }
+  }
+  if (with_bias) {
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (!same(partials[i], want[i])) {
+        return std::string(name) + " partial " + std::to_string(i) + " differs\n";
+      }
+    }
+  }
+  return std::string(name) + " ok\n";
+}
+
+// FP8 (float32 reglu, rows of 64 at every phase, a bias and the counts): token rows (block
+// 64), groups of 32, and a dynamic per-tensor scale (block 0). q starts 0xab and the scales
+// NaN: the refused rows' must stay so; the valid rows' are the rule, bit for bit, and the
+// tensor's amax is the valid rows' alone.
+std::string check_fp8(int64_t block) {
+  constexpr int64_t kLen8 = 64, kStride8 = 2 * kLen8 + 3;
+  std::vector<float> x(kRuns * kStride8), bias(2 * kLen8);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = value_at<float>(int64_t(i), 1);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = value_at<float>(int64_t(i), 2);
+  const int64_t blocks = block == 0 ? 1 : kRuns * kLen8 / block;
+  std::vector<unsigned char> q(kRuns * kLen8, 0xab);
+  std::vector<float> scales(blocks, std::numeric_limits<float>::quiet_NaN());
+  unsigned amax_bits = 0;
+  PairLayout in;
+  in.runs = kRuns;
+  in.run_len = kLen8;
+  in.outer_stride = kStride8;
+  Fp8Call call{};
+  call.op = {ScalarKind::Float, Activation::Relu, 0.0, 0.0};
+  call.in = in;
+  call.gate = x.data();
+  call.value = x.data() + kLen8;
+  call.kind = Fp8Kind::E4M3;
+  call.rule = {448.0f, 8, 1e-6f, ScaleRule::Float};
+  call.block = block;
+  call.round_to_input = true;
+  call.q = q.data();
+  call.scales = scales.data();
+  call.tensor_amax = &amax_bits;
+  call.rows.gate_bias = bias.data();
+  call.rows.value_bias = bias.data() + kLen8;
+  call.rows.valid_rows = kCounts;
+  call.rows.rows_per_group = kPerGroup;
+  gated_forward_fp8_cuda_emulated(call);
+  std::vector<float> y(kRuns * kLen8);
+  std::vector<bool> valid(kRuns);
+  float tensor_amax = 0.0f;
+  for (int64_t r = 0; r < kRuns; ++r) {
+    valid[r] = r % kPerGroup < kCounts[r / kPerGroup];
+    for (int64_t e = 0; e < kLen8; ++e) {
+      const float g = x[r * kStride8 + e] + bias[e];
+      const float v = x[r * kStride8 + kLen8 + e] + bias[kLen8 + e];
+      y[r * kLen8 + e] = (g < 0.0f ? 0.0f : g) * v;
+      if (valid[r]) tensor_amax = Fp8Rule::nan_max(tensor_amax, y[r * kLen8 + e]);
+    }
+  }
+  const Fp8Encoding encoding = encoding_of(Fp8Kind::E4M3);
+  const std::string name = "fp8 block " + std::to_string(block);
+  const int64_t span = block == 0 ? kRuns * kLen8 : block;
+  for (int64_t b = 0; b < kRuns * kLen8 / span; ++b) {
+    float amax = block == 0 ? tensor_amax : 0.0f;
+    for (int64_t i = b * span; i < (b + 1) * span && block != 0; ++i) {
+      amax = Fp8Rule::nan_max(amax, y[i]);
+    }
+    const float scale = call.rule.scale(amax);
+    if (block != 0) {
+      const bool written = valid[b * span / kLen8];
+      if (written ? !same(scales[b], scale) : !std::isnan(scales[b])) {
+        return name + " scale " + std::to_string(b) + " differs\n";
+      }
+    } else if (!same(scales[0], scale)) {
+      return name + ": the tensor's scale differs\n";
+    }
+    const float rcp = 1.0f / scale;
+    for (int64_t i = b * span; i < (b + 1) * span; ++i) {
+      const unsigned char want =
+          valid[i / kLen8] ? encoding.encode(call.rule.saturate(y[i] * rcp)) : 0xab;
+      if (q[i] != want) return name + " q " + std::to_string(i) + " differs\n";
+    }
+  }
+  return name + " ok\n";
+}
+
+extern "C" void probe(char* out, int size) {
+  std::string text;
+  for (int config = 0; config < 6; ++config) {
+    const bool bias = config % 3 != 2, counts = config % 3 != 1, interleaved = config >= 3;
+    text += check<float>("float32", ScalarKind::Float, bias, counts, interleaved);
+    text += check<double>("float64", ScalarKind::Double, bias, counts, interleaved);
+  }
+  for (int64_t block : {64, 32, 0}) text += check_fp8(block);
+  std::snprintf(out, size, "%s", text.c_str());
+}
+"""
+
+
+def test_row_options_by_hand_bitwise(tmp_path):
+    out = run_linked_probe(ROWS_PROBE, str(tmp_path))
+    assert out.count(" ok\n") == 12 + 3, out
+
+
+# Row options through the ops (the plan fills RowOptions from bias= and valid_tokens=): x
+# [3, 70, 2H] with counts 0, 34 and 70 (210 rows: the bias gradient's tiles of 64 rows, the
+# last one short), every function, dtype and layout, with a bias and without; gated() with
+# both biases; FP8 in token, group and tensor modes. Outputs start NaN (poisoned): the rows
+# past the counts must stay so, their gradients be zeros; the rest must match the float64
+# reference (the bias gradient, summed in float32 or float64, to the bound of such a sum), FP8
+# bit for bit the rule applied to the plain result's valid rows.
+ROWS_SCRIPT = r"""
+import json
+import sys
+
+import torch
+
+sys.path.insert(0, sys.argv[1])
+from conftest import FUNCTION_IDS, FUNCTIONS, fused, random_input, ref  # noqa: E402
+
+import glu_fused  # noqa: E402
+from glu_fused import _fp8, reference  # noqa: E402
+from glu_fused.testing import TOLERANCES, assert_matches  # noqa: E402
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+EXPERTS, TOKENS = 3, 70
+COUNTS = torch.tensor([0, 34, TOKENS], dtype=torch.int32)
+MASK = reference.row_mask(torch.empty(EXPERTS, TOKENS, 1), COUNTS)  # [E, T, 1]
+
+
+def mark(**what):
+    sys.stderr.write("### " + json.dumps(what) + "\n")
+    sys.stderr.flush()
+
+
+def check_bias_grad(got, want, input_grad, dtype, what):
+    # Summed in float32 (float64 for float64): the dtype's bound, plus float32's relative
+    # error of the sum of the terms' magnitudes (a float32 sum's, whatever the cancellation).
+    rtol, atol = TOLERANCES[dtype]
+    magnitude = input_grad.abs().reshape(-1, got.shape[0]).sum(0)
+    bound = atol + rtol * want.abs() + TOLERANCES[torch.float32][0] * magnitude
+    assert bool(((got.double() - want).abs() <= bound).all()), what
+
+
+def check_rows(out, grads, want, wants, dtype, counted, what):
+    # out, want: [E, T, H]; grads: the inputs' (3-D), then as many biases' (1-D) or none.
+    if counted:
+        assert out[~MASK.expand_as(out)].isnan().all(), f"{what}: rows past the counts written"
+        out = torch.where(MASK, out, 0)
+    assert_matches(out, want, dtype, what)
+    inputs = [i for i, g in enumerate(grads) if g.dim() == 3]
+    for i in inputs:
+        g = grads[i]
+        if counted:
+            assert (g[~MASK.expand_as(g)] == 0).all(), f"{what}: gradient rows not zero"
+        assert_matches(g, wants[i], dtype, f"{what} grad {i}")
+    for i in range(len(inputs), len(grads)):  # the i-th bias goes with the i-th input
+        check_bias_grad(grads[i], wants[i], wants[i - len(inputs)], dtype, f"{what} bias {i}")
+
+
+checked = 0
+for dtype in DTYPES:
+    for layout in ("halves", "interleaved"):
+        for (fn, kwargs), fid in zip(FUNCTIONS, FUNCTION_IDS):
+            # Both options for every function; each alone for two of them.
+            options = ((True, True), (True, False), (False, True))
+            if fn not in ("swiglu", "clamped_swiglu") or kwargs:
+                options = options[:1]
+            for biased, counted in options:
+                hidden = 37 if biased else 40  # odd: rows at every phase
+                x = random_input((EXPERTS, TOKENS, 2 * hidden), dtype).requires_grad_()
+                b = random_input((2 * hidden,), dtype, scale=1.0).requires_grad_()
+                rows = dict(bias=b if biased else None, valid_tokens=COUNTS if counted else None)
+                meta = dict(case="packed", layout=layout, function=fid, dtype=str(dtype),
+                            biased=biased, counted=counted)
+                mark(direction="forward", **meta)
+                out = fused(fn)(x, layout=layout, **rows, **kwargs)
+                upstream = random_input(out.shape, dtype, scale=1.0)
+                mark(direction="backward", **meta)
+                grads = torch.autograd.grad(out, [x, b] if biased else [x], upstream)
+                mark(direction="done")
+                x64 = x.detach().double().requires_grad_()
+                b64 = b.detach().double().requires_grad_()
+                rows64 = dict(rows, bias=b64 if biased else None)
+                want = ref(fn)(x64, layout=layout, **rows64, **kwargs)
+                wants = torch.autograd.grad(want, [x64, b64] if biased else [x64],
+                                            upstream.double())
+                check_rows(out.detach(), grads, want, wants, dtype, counted,
+                           f"{fid} {dtype} {layout} bias={biased} counts={counted}")
+                checked += 1
+    # gated, both biases, H a multiple of 8 (aligned rows).
+    for activation in ("silu", "gelu"):
+        g, v = (random_input((EXPERTS, TOKENS, 64), dtype).requires_grad_() for _ in "gv")
+        gb, vb = (random_input((64,), dtype, scale=1.0).requires_grad_() for _ in "gv")
+        meta = dict(case="gated", layout="gated", function=activation, dtype=str(dtype),
+                    biased=True, counted=True)
+        mark(direction="forward", **meta)
+        out = glu_fused.gated(g, v, activation, gate_bias=gb, value_bias=vb,
+                              valid_tokens=COUNTS)
+        upstream = random_input(out.shape, dtype, scale=1.0)
+        mark(direction="backward", **meta)
+        grads = torch.autograd.grad(out, [g, v, gb, vb], upstream)
+        mark(direction="done")
+        inputs64 = [t.detach().double().requires_grad_() for t in (g, v, gb, vb)]
+        want = reference.gated(*inputs64[:2], activation, *inputs64[2:], valid_tokens=COUNTS)
+        wants = torch.autograd.grad(want, inputs64, upstream.double())
+        check_rows(out.detach(), grads, want, wants, dtype, True, f"gated {activation} {dtype}")
+        checked += 1
+
+# FP8 with a bias and counts: the valid rows' (q, scales) bit for bit the rule applied to the
+# plain (emulated) result's valid rows (the plan does not poison FP8 outputs: ROWS_PROBE
+# checks that the other rows' are not written).
+MODES = {"token": {}, "group128": {"granularity": "group"}, "tensor": {"granularity": "tensor"}}
+E4M3 = torch.float8_e4m3fn
+valid = MASK.reshape(-1)
+for dtype in DTYPES:
+    for layout in ("halves", "interleaved"):
+        x = random_input((EXPERTS, TOKENS, 2 * 128), dtype)
+        b = random_input((2 * 128,), dtype, scale=1.0)
+        rows = dict(bias=b, valid_tokens=COUNTS)
+        for mode, options in MODES.items():
+            meta = dict(case="fp8", layout=layout, function=mode, dtype=str(dtype),
+                        biased=True, counted=True)
+            mark(direction="forward", **meta)
+            y = glu_fused.swiglu(x, layout=layout, **rows).reshape(-1, 128)
+            mark(direction="fp8", **meta)
+            q, s = glu_fused.swiglu(x, layout=layout, out_dtype=E4M3, **rows, **options)
+            mark(direction="done")
+            q = q.reshape(-1, 128).view(torch.uint8)
+            want_q, want_s = _fp8.quantize(y[valid], _fp8.resolve(E4M3, **options))
+            what = f"fp8 {mode} {dtype} {layout}"
+            assert torch.equal(q[valid], want_q.view(torch.uint8)), what
+            if mode == "tensor":
+                assert torch.equal(s.float().reshape(-1), want_s.float().reshape(-1)), what
+            else:
+                s = s.float().reshape(valid.numel(), -1)
+                assert torch.equal(s[valid], want_s.float().reshape(int(valid.sum()), -1)), what
+            checked += 1
+
+print(json.dumps({"checked": checked}))
+"""
+
+
+@pytest.fixture(scope="module")
+def rows_run():
+    return run_traced(ROWS_SCRIPT)
+
+
+def test_row_options_through_the_ops(rows_run):
+    summary, launches = rows_run
+    # 4 dtypes x (2 layouts x (7 functions + 2 x 2 more options) + 2 gated), 4 x 2 x 3 FP8.
+    assert summary["checked"] == 4 * (2 * (7 + 2 * 2) + 2) + 4 * 2 * 3
+    # The backward with row options takes the rows kernel, on the path of its layout.
+    for launch in launches:
+        meta = launch.meta
+        if meta["direction"] != "backward":
+            continue
+        want = "rows-pairs-phased" if meta["layout"] == "interleaved" else "rows-halves-phased"
+        if meta["dtype"] == "torch.float64":
+            want = "rows-scalar"
+        assert launch.path == want, (launch.path, meta)
+        assert launch.path == "rows-scalar" or launch.counts["vector_loads"] > 0, meta
 
 
 # Misaligned layouts on the phased paths: every case is run twice in a subprocess with

@@ -28,7 +28,11 @@ How each figure is derived:
   and the partial vector at a run's end loads element by element). FP8 output's kernels
   (glu_fp8.cu) stage `Fp8Staging::kItems` items the same way; their PTX holds two more
   items' loads (an item past the kept ones of a long row, in its amax pass and its
-  quantizing pass), and they are held to the same 40 KB.
+  quantizing pass), and they are held to the same 40 KB. The kernels with row options
+  (a bias, token counts: the forward's kRows variants, RowsBackwardThread) stage as the
+  plain ones, items of the forward and rows of the backward; where there is a bias, the
+  forward's and FP8's items load their bias pairs after their inputs (the same loads again,
+  L1 hits, not counted as in flight), and the rows backward loads its columns' once.
 * Bytes in flight per SM: resident threads x bytes per thread.
 
 The table is printed (pytest -s) and written to occupancy_sm90.txt under the test's tmp dir.
@@ -176,6 +180,10 @@ def test_vector_kernels_load_what_staging_says(sm90, staging):
         expected = staged.items * staged.inputs
         if inst.direction == "fp8":  # and an item past the kept ones, in each of two passes
             expected += 2 * staged.inputs
+        if inst.direction in ("fp8", "forward-rows"):  # each item loads its bias pairs too
+            expected *= 2
+        if inst.direction == "backward-rows":  # the thread's columns' bias pairs, once
+            expected += 2
         if inst.phased:
             assert 2 * expected <= loads <= 3 * expected, f"{name}: {loads} 128-bit loads"
         else:

@@ -129,7 +129,9 @@ def test_layout_of_gated_inputs_and_of_gradients():
     gate, value = BASE[0, :, :5], BASE[0, :, 5:]
     _, plan = _C.plan_gated_forward(gate, value, "silu")
     assert (plan["runs"], plan["run_len"], *plan["strides"]) == (6, 5, 10, 0)
-    grads, plan = _C.plan_glu_backward(torch.ones(6, 5), BASE[0], -1, "swiglu", "halves", 1.7, 7.0)
+    grads, plan, _ = _C.plan_glu_backward(
+        torch.ones(6, 5), BASE[0], -1, "swiglu", "halves", 1.7, 7.0
+    )
     # The gradient's pointers: the gate's half and the value's half of one dense result.
     dgate, dvalue = plan["pointers"][3:]
     assert plan["strides"][2:] == (10, 0)

@@ -290,3 +290,78 @@ def test_gated_mlp_from_a_transformers_mlp(family):
 def test_import_glu_fused_does_not_import_transformers():
     code = "import sys, glu_fused, glu_fused.integrations; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- meta-device models and pickling (issue 28) ---------------------------------------------
+
+FLOWS = ["llama", "gemma", "gpt_oss", "qwen3_moe"]
+
+
+def _materialized_like(family: str, reference: torch.nn.Module) -> torch.nn.Module:
+    """The family's model built under torch.device("meta") and patched there, as
+    from_pretrained and accelerate's init_empty_weights build it, then materialized on the
+    CPU (to_empty) and given the reference's weights and buffers."""
+    config_name, overrides, _, _ = FAMILIES[family]
+    config = getattr(transformers, config_name)(**{**TINY, **overrides})
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        assert glu_hf.patch(model) > 0
+    model.to_empty(device="cpu")
+    model.load_state_dict(reference.state_dict())
+    for name, buffer in reference.named_buffers():  # rotary frequencies: not in state_dict
+        model.get_buffer(name).copy_(buffer)
+    return model
+
+
+@pytest.mark.parametrize("family", FLOWS)
+def test_a_model_patched_on_the_meta_device_runs_fused_once_materialized(family, fused_calls):
+    reference = _tiny_model(family, torch.float32)
+    model = _materialized_like(family, reference)
+    glu_hf.patch(reference)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(_seed(family)))
+    fused_calls.clear()
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    assert fused_calls, "the materialized model did not run the fused op"
+    with torch.no_grad():
+        assert torch.equal(got, reference(input_ids=ids).logits)
+
+
+def test_infer_activation_under_a_meta_device_probes_on_the_cpu():
+    with torch.device("meta"):
+        assert glu_fused.nn.infer_activation(torch.nn.SiLU()) == "silu"
+        with pytest.raises(ValueError, match="none of"):
+            glu_fused.nn.infer_activation(torch.nn.ReLU6())
+
+
+@pytest.mark.parametrize("family", FLOWS)
+def test_a_patched_model_pickles_and_stays_patched(family, fused_calls):
+    import copy
+    import io
+    import pickle
+
+    model = _tiny_model(family, torch.float32)
+    patched = glu_hf.patch(model)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(_seed(family)))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    copies = {
+        "torch.save": torch.load(buffer, weights_only=False),
+        "pickle": pickle.loads(pickle.dumps(model)),
+        "deepcopy": copy.deepcopy(model),
+    }
+    for how, other in copies.items():
+        fused_calls.clear()
+        with torch.no_grad():
+            got = other(input_ids=ids).logits
+        assert fused_calls, f"{how}: the copy does not run the fused op"
+        assert torch.equal(got, want), how
+        assert glu_hf.unpatch(other) == patched, how
+        fused_calls.clear()
+        with torch.no_grad():
+            other(input_ids=ids)
+        assert not fused_calls, f"{how}: unpatch after the round trip left the fused op"
+        assert not any(glu_hf.is_patched(m) for m in other.modules()), how

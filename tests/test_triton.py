@@ -1,14 +1,15 @@
 """The Triton backend's own pieces: its erfc and GeLU CDF, its tiling heuristic, the
-alignment it promises the compiler, its 64-bit path, and "auto" choosing it where the CUDA
-kernels are absent. Its numerics against the reference run in the shared suites (on the
-CPU through Triton's interpreter); what the compiler makes of its kernels,
-tests/test_triton_codegen.py."""
+alignment it promises the compiler, its 64-bit path, "auto" choosing it where the CUDA
+kernels are absent, and the bias and token-count modes (HAS_BIAS, MASKED and the bias
+gradient's per-tile partial sums, backward_bias_kernel). Its numerics against the
+reference run in the shared suites (on the CPU through Triton's interpreter); what the
+compiler makes of its kernels, tests/test_triton_codegen.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_matches, backend_params, device_of, random_input
+from conftest import TOLERANCES, assert_matches, backend_params, device_of, random_input
 
 import glu_fused
 from glu_fused import _table, backends, reference
@@ -297,3 +298,216 @@ def test_auto_picks_triton_for_cuda_tensors_without_cuda_kernels(backend, monkey
         monkeypatch.undo()
         with glu_fused.use_backend("auto"):  # and again as they were
             pass
+
+
+# ---- the bias and token counts (csrc/glu_kernels.h, RowOptions) ------------------------------
+
+
+def _counts(experts: int, tokens: int, case: int) -> torch.Tensor:
+    """Token counts of `experts` groups of `tokens` rows: none, some and all, rotated by
+    `case`, so that every count meets every layout across a test's cases."""
+    counts = [0, tokens // 3 + 1, tokens][case % 3 :] + [0, tokens // 3 + 1, tokens][: case % 3]
+    return torch.tensor((counts * experts)[:experts], dtype=torch.int32)
+
+
+def _valid_rows(counts: torch.Tensor, tokens: int) -> torch.Tensor:
+    """[experts, tokens]: whether each row is below its expert's count."""
+    return torch.arange(tokens)[None, :] < counts[:, None].long()
+
+
+def _sum_bound(got, want, terms, dtype, what):
+    """A bias gradient: a sum over rows, held to |got - want| <= atol + rtol * sum |terms|
+    with the dtype's (rtol, atol): its rounding, and that of the rows' gradients summed in
+    the compute type."""
+    rtol, atol = TOLERANCES[dtype]
+    err = (got.double().cpu() - want.double().cpu()).abs()
+    bound = atol + rtol * terms.double().cpu()
+    assert bool((err <= bound).all()), f"{what}: |err| {(err - bound).max().item():.3e} over"
+
+
+def _row_call(backend, kind, fn, inputs, biases, counts):
+    """(out) of a packed `fn` (kind "halves" / "interleaved") or a gated one on inputs [x]
+    or [gate, value] with biases [bias] or [gate_bias, value_bias] and token counts."""
+    with glu_fused.use_backend(backend):
+        if kind == "gated":
+            gate_bias, value_bias = biases if biases else (None, None)
+            return glu_fused.gated(
+                *inputs, fn, gate_bias=gate_bias, value_bias=value_bias, valid_tokens=counts
+            )
+        bias = biases[0] if biases else None
+        return getattr(glu_fused, fn)(inputs[0], layout=kind, bias=bias, valid_tokens=counts)
+
+
+def _row_reference(kind, fn, inputs, biases, counts):
+    if kind == "gated":
+        gate_bias, value_bias = biases if biases else (None, None)
+        return reference.gated(
+            *inputs, fn, gate_bias=gate_bias, value_bias=value_bias, valid_tokens=counts
+        )
+    bias = biases[0] if biases else None
+    return getattr(reference, fn)(inputs[0], layout=kind, bias=bias, valid_tokens=counts)
+
+
+def _check_rows(backend, kind, fn, dtype, experts, tokens, hidden, counts, bias=True, gaps=0):
+    """Forward and backward (input and bias gradients) of one call with a bias and token
+    counts against the float64 reference: the valid rows within the dtype's bound; the
+    others' outputs not written (NaN, as the plan poisons them), their input gradients
+    zeros; the invalid rows of the inputs and the upstream gradient hold NaN, which a
+    kernel that read them would spread. gaps: gated inputs are views of [experts, tokens +
+    gaps, hidden]."""
+    dev = device_of(backend)
+    if kind == "gated":
+        inputs = [
+            random_input((experts, tokens + gaps, hidden), dtype, dev)[:, :tokens] for _ in range(2)
+        ]
+        biases = [random_input((hidden,), dtype, dev, 1.0) for _ in range(2)] if bias else []
+    else:
+        inputs = [random_input((experts, tokens, 2 * hidden), dtype, dev)]
+        biases = [random_input((2 * hidden,), dtype, dev, 1.0)] if bias else []
+    if counts is None:
+        valid = torch.ones(experts, tokens, dtype=torch.bool)
+    else:
+        valid = _valid_rows(counts, tokens)
+        counts = counts.to(dev)
+    inputs64 = [t.detach().double().cpu().requires_grad_() for t in inputs]
+    biases64 = [b.detach().double().cpu().requires_grad_() for b in biases]
+    for t in inputs:
+        t[~valid.to(dev)] = float("nan")  # not to be read
+    inputs = [t.requires_grad_() for t in inputs]
+    biases = [b.requires_grad_() for b in biases]
+    out = _row_call(backend, kind, fn, inputs, biases, counts)
+    want = _row_reference(kind, fn, inputs64, biases64, None if counts is None else counts.cpu())
+    what = f"{kind} {fn} {dtype} counts {None if counts is None else counts.tolist()}"
+    assert_matches(out[valid.to(dev)], want[valid], dtype, f"{what}: forward")
+    assert out[~valid.to(dev)].isnan().all(), f"{what}: rows past the counts were written"
+    dy = random_input(out.shape, dtype, dev)
+    dy[~valid.to(dev)] = float("nan")  # not to be read
+    grads = torch.autograd.grad(out, inputs + biases, dy)
+    dy64 = torch.where(valid[..., None], dy.double().cpu(), 0.0)
+    want_grads = torch.autograd.grad(want, inputs64 + biases64, dy64)
+    for i, (got, exp) in enumerate(zip(grads[: len(inputs)], want_grads[: len(inputs)])):
+        assert_matches(got[valid.to(dev)], exp[valid], dtype, f"{what}: input gradient {i}")
+        assert (got[~valid.to(dev)] == 0).all(), f"{what}: rows past the counts not zeros"
+    for i, (got, exp) in enumerate(zip(grads[len(inputs) :], want_grads[len(inputs) :])):
+        terms = want_grads[i if kind == "gated" else 0].abs().sum((0, 1))
+        assert got.dtype == dtype and got.shape == exp.shape
+        _sum_bound(got, exp, terms, dtype, f"{what}: bias gradient {i}")
+
+
+ROW_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def test_bias_and_token_counts(backend):
+    """Every dtype, halves, interleaved pairs (glu's gate second) and gated inputs, with a
+    bias and counts of none, some and all of each expert's tokens: 3 x 45 rows, bias tiles
+    of 64 rows the last one partial; without a bias; without counts."""
+    cases = [
+        ("halves", "swiglu"),
+        ("interleaved", "glu"),
+        ("gated", "gelu"),
+        ("interleaved", "clamped_swiglu"),
+    ]
+    for i, dtype in enumerate(ROW_DTYPES):
+        for j, (kind, fn) in enumerate(cases):
+            counts = _counts(3, 45, i + j)
+            _check_rows(backend, kind, fn, dtype, 3, 45, 24, counts)
+    _check_rows(backend, "halves", "geglu", torch.float32, 2, 40, 16, _counts(2, 40, 1), False)
+    _check_rows(backend, "gated", "silu", torch.bfloat16, 3, 30, 16, None)
+    _check_rows(backend, "halves", "reglu", torch.float32, 2, 33, 16, None)
+
+
+def test_bias_gradient_tiles_of_long_rows_and_strided_inputs(backend, launches):
+    """Rows of 600 take tiles of fewer than 64 rows, so that a program of backward_bias walks
+    its 64 rows in steps; gated views with gaps between experts."""
+    _check_rows(backend, "halves", "swiglu", torch.float32, 2, 50, 600, _counts(2, 50, 1))
+    bias_tiles = [t for _, t, c, _ in launches if c["HAS_BIAS"] and t.block_r < 64]
+    assert bias_tiles, "no tile of fewer rows than a bias tile"
+    _check_rows(backend, "gated", "silu", torch.float32, 3, 20, 16, _counts(3, 20, 2), gaps=3)
+
+
+def test_bias_partials_are_per_tile_sums(backend, monkeypatch):
+    """The partials themselves, for a backward of 150 rows (3 tiles, the last of 22): each
+    the sum of its tile's valid rows' float32 gradients, and 0 for a tile of no valid row
+    (the second expert's rows 50-99 have no valid row; tile 1, rows 64-127, has rows
+    64-99 invalid and 100-127 valid)."""
+    captured = []
+    plain = launch.launch
+
+    def spy(kernel, plan, like):
+        if plan.get("bias_grad_partials") is not None:
+            captured.append(plan["bias_grad_partials"])
+        plain(kernel, plan, like)
+
+    monkeypatch.setattr(launch, "launch", spy)
+    dev = device_of(backend)
+    for counts in ([50, 0, 50], [50, 0, 0]):
+        x = random_input((3, 50, 2 * 16), torch.float32, dev).requires_grad_()
+        bias = random_input((2 * 16,), torch.float32, dev, 1.0).requires_grad_()
+        counts = torch.tensor(counts, dtype=torch.int32, device=dev)
+        with glu_fused.use_backend(backend):
+            out = glu_fused.swiglu(x, bias=bias, valid_tokens=counts)
+            dy = torch.where(out.isnan(), 0.0, 1.0)
+            (dx, _) = torch.autograd.grad(out, (x, bias), dy)
+        partials = captured.pop().cpu()
+        assert partials.shape == (3, 2, 16) and not partials.isnan().any()
+        rows = dx.detach().cpu().reshape(150, 2, 16)  # the rows' rounded gradients
+        for t in range(3):
+            tile = rows[64 * t : 64 * (t + 1)]
+            torch.testing.assert_close(partials[t], tile.sum(0), rtol=1e-5, atol=1e-5)
+        if counts[2] == 0:
+            assert (partials[2] == 0).all()
+
+
+def test_row_launches_stay_in_the_compiled_set(backend, monkeypatch):
+    """Launches with a bias or counts are among test_triton_codegen.py's: every (HAS_BIAS,
+    MASKED), each tile of kernel_configs() (backward_bias's of at most 64 rows)."""
+    seen = []
+    plain = launch.specialization
+
+    def spy(plan, like):
+        result = plain(plan, like)
+        partials = plan.get("bias_grad_partials") is not None
+        seen.append((like.element_size(), partials, *result[:2]))
+        return result
+
+    monkeypatch.setattr(launch, "specialization", spy)
+    dev = device_of(backend)
+    for dtype in (torch.bfloat16, torch.float64):
+        x = random_input((2, 5, 2 * 40), dtype, dev).requires_grad_()
+        bias = random_input((2 * 40,), dtype, dev, 1.0)
+        trained = bias.clone().requires_grad_()  # its gradient: the partials
+        counts = torch.tensor([5, 2], dtype=torch.int32, device=dev)
+        for b, c in ((bias, None), (None, counts), (trained, counts)):
+            _call(backend, x, bias=b, valid_tokens=c)
+    modes = set()
+    for itemsize, partials, tile, constexprs in seen:
+        kernel = "backward_bias" if partials else "backward"
+        assert tile in launch.kernel_configs(kernel, itemsize, constexprs["ALIGN"])
+        assert constexprs["HAS_BIAS"] or not partials
+        modes.add((constexprs["HAS_BIAS"], constexprs["MASKED"], partials))
+    assert modes == {(True, False, False), (False, True, False), (True, True, False)} | {
+        (True, True, True)
+    }
+
+
+def test_bias_and_counts_agree_with_the_cpu_backend_bit_for_bit(backend):
+    """ReGLU in float32 (one sum a side, one product, no rounding in between): the forward
+    and the input gradients with a bias and counts are the CPU backend's bit for bit, rows
+    past the counts included (unwritten, NaN, in both; zero gradients)."""
+    if not glu_fused.backend_status()["cpu"].startswith("available"):
+        pytest.skip("the CPU backend is not built")
+    dev = device_of(backend)
+    x = random_input((3, 7, 2 * 40), torch.float32)
+    bias = random_input((2 * 40,), torch.float32, scale=1.0)
+    counts = torch.tensor([7, 0, 3], dtype=torch.int32)
+    dy = random_input((3, 7, 40), torch.float32)
+    results = []
+    for name, device in (("cpu", "cpu"), (backend, dev)):
+        xs = x.to(device).requires_grad_()
+        with glu_fused.use_backend(name):
+            out = glu_fused.reglu(xs, bias=bias.to(device), valid_tokens=counts.to(device))
+            (dx,) = torch.autograd.grad(out, xs, dy.to(device))
+        results.append((out.detach().cpu(), dx.cpu()))
+    for got, want, what in zip(results[1], results[0], ("forward", "input gradient")):
+        assert torch.equal(got.isnan(), want.isnan()), what
+        assert torch.equal(got.nan_to_num(), want.nan_to_num()), what

@@ -14,6 +14,8 @@ kernels, each check bit for bit against `_fp8.quantize` of the plain Triton resu
     (the atomic amax), static scales, NaN / infinite / all-zero blocks;
   * strided, expanded, transposed, 3-d, interleaved and gated inputs (contiguous gated
     pairs are one run of several rows).
+  * a bias and token counts: the valid rows' q and scales the rule's on the plain call's
+    valid rows (a per-tensor amax over them alone), the others' left unwritten.
 On a machine without a GPU the kernels run in Triton's interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1), whose float32 -> bfloat16 casts truncate: every comparison here is with
 the plain Triton kernel's result, which the same cast makes, so none depends on it; the one
@@ -399,3 +401,87 @@ def test_bfloat16_agrees_with_the_cpu_backend_where_the_plain_results_do():
     assert torch.equal(y.cpu(), y_cpu), "ReLU's plain results agree (one product, rounded once)"
     assert_same_bits(q, q_cpu, "q")
     assert_same_bits(s, s_cpu, "scale")
+
+
+# ---- the bias and token counts -----------------------------------------------------------
+
+
+def _rows_case(dtype, kind, experts=3, tokens=6, hidden=128):
+    """(call, inputs, bias kwargs) of a packed (kind "halves" / "interleaved") or gated call
+    on [experts, tokens, ...] inputs with a bias."""
+    if kind == "gated":
+        inputs = [random_input((experts, tokens, hidden), dtype, DEVICE) for _ in range(2)]
+        bias = {
+            "gate_bias": random_input((hidden,), dtype, DEVICE, 1.0),
+            "value_bias": random_input((hidden,), dtype, DEVICE, 1.0),
+        }
+        return _gated_act("silu"), inputs, bias
+    inputs = [random_input((experts, tokens, 2 * hidden), dtype, DEVICE)]
+    bias = {"bias": random_input((2 * hidden,), dtype, DEVICE, 1.0)}
+    return _packed_call("clamped_swiglu", kind), inputs, bias
+
+
+def check_rows(call, inputs, counts, out_dtype=E4M3, **options) -> None:
+    """check() with token counts (options: the bias too): the valid rows' q and scales bit
+    for bit the rule's on the plain call's valid rows (a per-tensor scale: their amax
+    alone); the other rows' q and scales not written (the poison left: NaN)."""
+    bias = {k: _wide(v, options) for k, v in options.items() if k in _BIASES}
+    y = call(*(_wide(t, options) for t in inputs), valid_tokens=counts, **bias)
+    q, s = call(*inputs, valid_tokens=counts, out_dtype=out_dtype, **options)
+    options = {k: v for k, v in options.items() if k not in _BIASES}
+    valid = _valid(counts, y.shape[1]).to(y.device)
+    args = _fp8.resolve(out_dtype, **options)
+    expected_q, expected_s = _fp8.quantize(y[valid], args, None)
+    assert_same_bits(q[valid], expected_q, "q")
+    if options.get("granularity", "token") == "tensor":
+        assert_same_bits(s, expected_s, "scale")
+    else:
+        assert_same_bits(s[valid], expected_s, "scale")
+        assert s[~valid].float().isnan().all(), "scales of rows past the counts were written"
+    nan_byte = 0x80 if out_dtype in FNUZ else 0x7F
+    assert (q[~valid].view(torch.uint8) == nan_byte).all(), "q past the counts was written"
+
+
+_BIASES = ("bias", "gate_bias", "value_bias")
+
+
+def _valid(counts: torch.Tensor, tokens: int) -> torch.Tensor:
+    """[experts, tokens]: whether each row is below its expert's count."""
+    return torch.arange(tokens)[None, :] < counts.cpu()[:, None].long()
+
+
+def test_bias_and_token_counts():
+    """Token, group and tensor scales (and mx, E8M0) on halves, interleaved and gated inputs
+    with a bias, counts of none, some and all of each expert's rows; the invalid rows hold
+    NaN and the largest values, which neither q nor a per-tensor amax may see."""
+    modes = [
+        {"granularity": "token"},
+        {"granularity": "group", "group_size": 64},
+        {"granularity": "tensor"},
+        {"granularity": "mx", "scale_dtype": E8M0},
+    ]
+    for i, (dtype, kind) in enumerate(
+        (d, k) for d in (torch.bfloat16, torch.float32) for k in ("halves", "interleaved", "gated")
+    ):
+        call, inputs, bias = _rows_case(dtype, kind)
+        counts = torch.tensor([[0, 2, 6], [6, 0, 2], [2, 6, 0]][i % 3], dtype=torch.int32)
+        for t in inputs:  # past the counts: NaN, which q or an amax that read it would keep
+            t[~_valid(counts, t.shape[1]).to(DEVICE)] = float("nan")
+        counts = counts.to(DEVICE)
+        for mode in modes[i % 2 :: 2] + [modes[2]] * (i % 2):
+            check_rows(call, inputs, counts, **bias, **mode)
+    call, inputs, bias = _rows_case(torch.float32, "halves", 2, 3, 64)
+    counts = torch.tensor([3, 1], dtype=torch.int32, device=DEVICE)
+    check_rows(call, inputs, counts, out_dtype=E5M2, **bias, granularity="tensor")
+    check_rows(call, inputs, counts, **bias, intermediate="float32")
+
+
+def test_bias_without_counts_and_long_token_rows():
+    """A bias alone (every row valid, no count), token rows looped, and counts alone."""
+    call, inputs, bias = _rows_case(torch.bfloat16, "halves", 1, 3, 5000)
+    counts = torch.tensor([2], dtype=torch.int32, device=DEVICE)
+    check_rows(call, inputs, counts, **bias)
+    call, inputs, bias = _rows_case(torch.bfloat16, "interleaved", 2, 4)
+    check(lambda x, **o: call(x, **bias, **o), *inputs)
+    check(lambda x, **o: call(x, **bias, **o), *inputs, granularity="tensor")
+    check_rows(call, inputs, torch.tensor([4, 1], dtype=torch.int32, device=DEVICE))

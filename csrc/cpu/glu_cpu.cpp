@@ -149,6 +149,16 @@ struct PairLanes {
     return out;
   }
 
+  // Adds the bias of these elements, laid out as they are (RowOptions, glu_kernels.h).
+  template <bool kFull, bool kPairs>
+  GLU_HD void add_bias(const scalar_t* gb, const scalar_t* vb, int64_t count) {
+    const PairLanes b = load<kFull, kPairs>(gb, vb, count);
+    for (int j = 0; j < L::K; ++j) {
+      gate.v[j] = gate.v[j] + b.gate.v[j];
+      value.v[j] = value.v[j] + b.value.v[j];
+    }
+  }
+
   // Splits 2 * kWidth interleaved elements (lo, hi) into evens and odds.
   GLU_HD static void deinterleave(const L& lo, const L& hi, L& evens, L& odds) {
     typename L::Compute seq[2 * L::K];
@@ -235,6 +245,18 @@ void with_flag(bool flag, const F& f) {
   }
 }
 
+// A stretch's bias, from its first element's offset in the bias (nullptr: none).
+template <typename scalar_t>
+struct Bias {
+  const scalar_t* gate = nullptr;
+  const scalar_t* value = nullptr;
+  Bias(const RowOptions& rows, int64_t offset) {
+    if (!rows.has_bias()) return;
+    gate = static_cast<const scalar_t*>(rows.gate_bias) + offset;
+    value = static_cast<const scalar_t*>(rows.value_bias) + offset;
+  }
+};
+
 // The block bodies below read only locals of their stretch's lambda (its own copies of the
 // parameters): the vector stores may alias anything, and what a body reads through a reference
 // the compiler would load again after each of them.
@@ -249,19 +271,25 @@ struct ForwardKernel {
     const auto* gate = static_cast<const scalar_t*>(call.gate);
     const auto* value = static_cast<const scalar_t*>(call.value);
     auto* out = static_cast<scalar_t*>(call.out);
+    const RowOptions rows = call.rows;
     with_flag(in.elem_stride == 2, [&](auto pairs) {
       constexpr bool kPairs = decltype(pairs)::value;
       constexpr int64_t kStride = kPairs ? 2 : 1;
       for_each_stretch(in, [&](int64_t run, int64_t first, int64_t count) {
+        if (!rows.row_valid(run)) return;
         const auto p = params;
         const int64_t at = in.run_offset(run) + first * kStride;
         const scalar_t* g = gate + at;
         const scalar_t* v = value + at;
+        const Bias<scalar_t> bias(rows, first * kStride);
         scalar_t* y_out = out + run * in.run_len + first;
         auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
           constexpr bool kFull = decltype(full)::value;
           const int64_t shift = done * kStride;
-          const auto x = P::template load<kFull, kPairs>(g + shift, v + shift, n);
+          auto x = P::template load<kFull, kPairs>(g + shift, v + shift, n);
+          if (bias.gate != nullptr) {
+            x.template add_bias<kFull, kPairs>(bias.gate + shift, bias.value + shift, n);
+          }
           L y;
           for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], p);
           P::template store_lanes<kFull>(y, y_out + done, n);
@@ -327,6 +355,104 @@ struct BackwardKernel {
   }
 };
 
+// The backward of a call with a bias or token counts (RowOptions), by tiles of kBiasTileRows
+// rows, in parallel over the tiles: each row's gradients recomputed at the biased inputs,
+// a refused row's written as zeros, and, where the call asks, the tile's bias-gradient
+// partials: per column, the float32 sum of the unrounded gradients over the tile's rows in
+// increasing order (fixed whatever the threads).
+template <Activation A, typename scalar_t>
+struct BackwardRowsKernel {
+  static void run(const BackwardCall& call) {
+    using L = Lanes<scalar_t>;
+    const auto params = vector_params<scalar_t>(call.op);
+    const PairLayout& in = call.in;
+    const RowOptions rows = call.rows;
+    const int64_t len = in.run_len;
+    const int64_t tiles = (in.runs + kBiasTileRows - 1) / kBiasTileRows;
+    using opmath_t = typename L::opmath_t;
+    auto* partials = static_cast<opmath_t*>(call.bias_grad_partials);
+    with_flag(in.elem_stride == 2, [&](auto pairs) {
+      constexpr bool kPairs = decltype(pairs)::value;
+      const int64_t grain =
+          std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, len * kBiasTileRows));
+      at::parallel_for(0, tiles, grain, [&](int64_t t_begin, int64_t t_end) {
+        // Sums padded by a vector block: the lanes past a row's end add zeros.
+        std::vector<opmath_t> sums(partials != nullptr ? 2 * (len + L::kWidth) : 0);
+        opmath_t* gate_sum = sums.data();
+        opmath_t* value_sum = gate_sum + len + L::kWidth;
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          std::fill(sums.begin(), sums.end(), opmath_t(0));
+          const int64_t last = std::min(in.runs, (t + 1) * kBiasTileRows);
+          for (int64_t r = t * kBiasTileRows; r < last; ++r) {
+            row(call, params, r, rows.row_valid(r), gate_sum, value_sum,
+                std::integral_constant<bool, kPairs>{});
+          }
+          if (partials != nullptr) {
+            std::copy(gate_sum, gate_sum + len, partials + (2 * t) * len);
+            std::copy(value_sum, value_sum + len, partials + (2 * t + 1) * len);
+          }
+        }
+      });
+    });
+  }
+
+  // Adds lanes to sums[0, kWidth), in the compute type.
+  static void accumulate(const Lanes<scalar_t>& lanes, typename Lanes<scalar_t>::opmath_t* sums) {
+    using C = typename Lanes<scalar_t>::Compute;
+    for (int j = 0; j < Lanes<scalar_t>::K; ++j) {
+      (C::loadu(sums + j * C::size()) + lanes.v[j]).store(sums + j * C::size());
+    }
+  }
+
+  template <bool kPairs>
+  static void row(const BackwardCall& call, const ActParams<typename Lanes<scalar_t>::Compute> p,
+                  int64_t r, bool valid, typename Lanes<scalar_t>::opmath_t* gate_sum,
+                  typename Lanes<scalar_t>::opmath_t* value_sum,
+                  std::integral_constant<bool, kPairs>) {
+    using L = Lanes<scalar_t>;
+    using Math = Gated<A, typename L::Compute>;
+    using P = PairLanes<scalar_t>;
+    constexpr int64_t kStride = kPairs ? 2 : 1;
+    const PairLayout& in = call.in;
+    const int64_t grad_at = call.grad_in.run_offset(r);
+    scalar_t* dg_out = static_cast<scalar_t*>(call.grad_gate) + grad_at;
+    scalar_t* dv_out = static_cast<scalar_t*>(call.grad_value) + grad_at;
+    if (!valid) {
+      P zeros;
+      for (int j = 0; j < L::K; ++j) zeros.gate.v[j] = zeros.value.v[j] = typename L::Compute(0);
+      for_each_block_of<L::kWidth>(in.run_len, [&](auto full, int64_t done, int64_t n) {
+        constexpr bool kFull = decltype(full)::value;
+        zeros.template store<kFull, kPairs>(dg_out + done * kStride, dv_out + done * kStride, n);
+      });
+      return;
+    }
+    const int64_t at = in.run_offset(r);
+    const scalar_t* g = static_cast<const scalar_t*>(call.gate) + at;
+    const scalar_t* v = static_cast<const scalar_t*>(call.value) + at;
+    const scalar_t* dy_in = static_cast<const scalar_t*>(call.grad_out) + r * in.run_len;
+    const Bias<scalar_t> bias(call.rows, 0);
+    const bool sum = call.bias_grad_partials != nullptr;
+    for_each_block_of<L::kWidth>(in.run_len, [&](auto full, int64_t done, int64_t n) {
+      constexpr bool kFull = decltype(full)::value;
+      const int64_t shift = done * kStride;
+      auto x = P::template load<kFull, kPairs>(g + shift, v + shift, n);
+      if (bias.gate != nullptr) {
+        x.template add_bias<kFull, kPairs>(bias.gate + shift, bias.value + shift, n);
+      }
+      const L dy = P::template load_lanes<kFull>(dy_in + done, n);
+      P dx;
+      for (int j = 0; j < L::K; ++j) {
+        Math::backward(x.gate.v[j], x.value.v[j], dy.v[j], p, dx.gate.v[j], dx.value.v[j]);
+      }
+      if (sum) {
+        accumulate(dx.gate, gate_sum + done);
+        accumulate(dx.value, value_sum + done);
+      }
+      dx.template store<kFull, kPairs>(dg_out + shift, dv_out + shift, n);
+    });
+  }
+};
+
 // ---- FP8 output -----------------------------------------------------------------------
 
 // A thread's buffer of activations: a block's, or a stretch's in chunks of this many.
@@ -366,6 +492,9 @@ struct Activations {
   const scalar_t* gate;
   const scalar_t* value;
   bool round;
+  RowOptions rows;
+
+  bool valid(int64_t run) const { return rows.row_valid(run); }
 
   // Also writes the amax of every `amax_block` elements (a multiple of L::kWidth) to
   // amaxes; kStore false: the amaxes alone (the per-tensor scale's first pass).
@@ -376,13 +505,17 @@ struct Activations {
     const int64_t at = in.run_offset(run) + first * kStride;
     const scalar_t* g = gate + at;
     const scalar_t* v = value + at;
+    const Bias<scalar_t> bias(rows, first * kStride);
     VecF m(0.0f);
     VecF all(0.0f);
     int64_t since = 0;
     auto block = [&](auto full, int64_t done, int64_t n) C10_ALWAYS_INLINE_ATTRIBUTE {
       constexpr bool kFull = decltype(full)::value;
       const int64_t shift = done * kStride;
-      const auto x = P::template load<kFull, kPairs>(g + shift, v + shift, n);
+      auto x = P::template load<kFull, kPairs>(g + shift, v + shift, n);
+      if (bias.gate != nullptr) {
+        x.template add_bias<kFull, kPairs>(bias.gate + shift, bias.value + shift, n);
+      }
       L lanes;
       for (int j = 0; j < L::K; ++j) lanes.v[j] = Math::forward(x.gate.v[j], x.value.v[j], p);
       if constexpr (kFloatLanes) {
@@ -509,6 +642,10 @@ void quantize_blocks(const Fp8Call& call, const Act& act) {
     for (int64_t b = begin; b < end;) {
       const int64_t in_run = b % per_run;
       const int64_t n = std::min({group, end - b, per_run - in_run});
+      if (!act.valid(b / per_run)) {  // a refused row: neither q nor scales written
+        b += n;
+        continue;
+      }
       act(b / per_run, in_run * block, n * block, y.data(), block, amaxes.data());
       for (int64_t i = 0; i < n; ++i) {
         const float s = rule.scale(amaxes[i]);
@@ -533,6 +670,10 @@ void for_each_chunk(const Fp8Call& call, const Act& act, float* scratch, const B
       const int64_t run = at / len;
       const int64_t first = at % len;
       const int64_t n = std::min({len - first, end - at, kFp8Chunk});
+      if (!act.valid(run)) {
+        at += n;
+        continue;
+      }
       float* y = scratch != nullptr ? scratch + at : local;
       const float amax = act.template operator()<kStore>(run, first, n, y);
       body(at, y, n, amax);
@@ -562,7 +703,9 @@ void quantize_tensor(const Fp8Call& call, const Act& act) {
     return;
   }
   const int64_t numel = call.in.numel();
-  std::vector<float> kept(numel <= kFp8ScratchElements ? numel : 0);
+  // Kept for a dense second pass: not where rows are refused, whose q stays unwritten.
+  const bool keep = numel <= kFp8ScratchElements && call.rows.valid_rows == nullptr;
+  std::vector<float> kept(keep ? numel : 0);
   float* scratch = kept.empty() ? nullptr : kept.data();
   std::vector<float> partial(std::max<int>(1, at::get_num_threads()), 0.0f);
   const auto amax_of = [&](int64_t, const float*, int64_t, float chunk_amax) {
@@ -597,7 +740,8 @@ struct Fp8ForwardKernel {
       using Act = Activations<A, scalar_t, decltype(pairs)::value>;
       const Act act{vector_params<scalar_t>(call.op), call.in,
                     static_cast<const scalar_t*>(call.gate),
-                    static_cast<const scalar_t*>(call.value), call.round_to_input};
+                    static_cast<const scalar_t*>(call.value), call.round_to_input,
+                    call.rows};
       if (call.block == 0) {
         quantize_tensor(call, act);
       } else {
@@ -619,7 +763,13 @@ namespace CPU_CAPABILITY {
 
 void gated_forward_cpu(const ForwardCall& call) { dispatch<ForwardKernel, CpuTypes>(call); }
 
-void gated_backward_cpu(const BackwardCall& call) { dispatch<BackwardKernel, CpuTypes>(call); }
+void gated_backward_cpu(const BackwardCall& call) {
+  const RowOptions& rows = call.rows;
+  if (rows.has_bias() || rows.valid_rows != nullptr || call.bias_grad_partials != nullptr) {
+    return dispatch<BackwardRowsKernel, CpuTypes>(call);
+  }
+  dispatch<BackwardKernel, CpuTypes>(call);
+}
 
 void gated_forward_fp8_cpu(const Fp8Call& call) { dispatch<Fp8ForwardKernel, CpuTypes>(call); }
 

@@ -98,6 +98,79 @@ struct Element {
   static Params params(const ActivationCall& op) {
     return {static_cast<C>(op.alpha), static_cast<C>(op.limit)};
   }
+
+  // RowOptions' bias: x widened, plus b widened where `on`, unrounded (without a bias, x
+  // itself: adding a zero would turn -0 into +0).
+  GLU_HD static C biased(scalar_t x, scalar_t b, bool on) {
+    const C c = N::widen(x);
+    return on ? c + N::widen(b) : c;
+  }
+
+  // forward() at gate + bg and value + bv (where `on`).
+  GLU_HD static scalar_t forward(scalar_t g, scalar_t v, scalar_t bg, scalar_t bv, bool on,
+                                 const Params& p) {
+    return N::round(Gated<A, C>::forward(biased(g, bg, on), biased(v, bv, on), p));
+  }
+
+  // The gradients at gate + bg and value + bv (where `on`), in the compute type, unrounded:
+  // the bias gradient's partials sum them.
+  GLU_HD static void backward(scalar_t g, scalar_t v, scalar_t dy, scalar_t bg, scalar_t bv,
+                              bool on, const Params& p, C& dg, C& dv) {
+    Gated<A, C>::backward(biased(g, bg, on), biased(v, bv, on), N::widen(dy), p, dg, dv);
+  }
+};
+
+// x / d for 0 <= x < 2^63 without a 64-bit division (RunOffsets' multiply-high by a magic
+// number, computed once per launch on the host); d == 1 is x itself.
+struct Divider {
+  int64_t d = 1;
+  uint64_t magic = 0;
+  int shift = 0;
+
+  static Divider of(int64_t d) {
+    Divider out;
+    out.d = d;
+    if (d > 1) {
+      const auto u = static_cast<uint64_t>(d);
+      int log2_ceil = 1;
+      while ((uint64_t{1} << log2_ceil) < u) ++log2_ceil;
+      using U128 = unsigned __int128;
+      out.magic = static_cast<uint64_t>(((U128{1} << (63 + log2_ceil)) + u - 1) / u);
+      out.shift = log2_ceil - 1;
+    }
+    return out;
+  }
+
+  GLU_HD int64_t quotient(int64_t x) const {
+    if (d == 1) return x;
+#ifdef __CUDA_ARCH__
+    const uint64_t high = __umul64hi(static_cast<uint64_t>(x), magic);
+#else
+    const auto high = static_cast<uint64_t>(
+        (static_cast<unsigned __int128>(static_cast<uint64_t>(x)) * magic) >> 64);
+#endif
+    return static_cast<int64_t>(high >> shift);
+  }
+};
+
+// RowOptions::row_valid without its 64-bit division: whether run r is below its group's
+// token count; every run where there are no counts.
+struct RowCheck {
+  const int* valid_rows = nullptr;
+  Divider per_group;
+
+  static RowCheck of(const RowOptions& rows) {
+    RowCheck out;
+    out.valid_rows = rows.valid_rows;
+    if (rows.valid_rows != nullptr) out.per_group = Divider::of(rows.rows_per_group);
+    return out;
+  }
+
+  GLU_HD bool operator()(int64_t r) const {
+    if (valid_rows == nullptr) return true;
+    const int64_t group = per_group.quotient(r);
+    return r - group * per_group.d < valid_rows[group];
+  }
 };
 
 // 16 bytes of elements, the widest access a thread makes, held as the four 32-bit words it
@@ -556,6 +629,24 @@ GLU_HD typename Acc::Dense forward_outputs(const typename Acc::PairPacks& x, boo
   return result;
 }
 
+// The same at gate + bias and value + bias where the bias is `on` (RowOptions): the packs `b`
+// hold an item's gate and value biases as `x` holds its gates and values, the gate first in
+// memory where `bias_first`.
+template <typename E, typename Acc>
+GLU_HD typename Acc::Dense forward_outputs(const typename Acc::PairPacks& x, bool gate_first,
+                                           const typename Acc::PairPacks& b, bool bias_first,
+                                           bool on, const typename E::Params& params) {
+  typename Acc::Dense result;
+#pragma unroll
+  for (int j = 0; j < Acc::kWidth; ++j) {
+    typename E::Scalar gj, vj, bgj, bvj;
+    Acc::unpack(x, j, gate_first, gj, vj);
+    Acc::unpack(b, j, bias_first, bgj, bvj);
+    result.set(j, E::forward(gj, vj, bgj, bvj, on, params));
+  }
+  return result;
+}
+
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <typename scalar_t>
@@ -586,6 +677,21 @@ bool dense_aligned16(const PairLayout& layout, const void* p) {
   return aligned16(p) && (layout.runs == 1 || layout.run_len % width == 0);
 }
 
+// RowOptions' bias, in the inputs' dtype: the gate's and the value's of column e at
+// e * elem_stride, as one run of the layout's pairs (adjacent where they interleave).
+template <typename scalar_t>
+struct BiasPairs {
+  const scalar_t* gate = nullptr;
+  const scalar_t* value = nullptr;
+
+  static BiasPairs of(const RowOptions& rows) {
+    return {static_cast<const scalar_t*>(rows.gate_bias),
+            static_cast<const scalar_t*>(rows.value_bias)};
+  }
+  GLU_HD bool on() const { return gate != nullptr; }
+  GLU_HD bool gate_first() const { return gate < value; }
+};
+
 // Whether the vector paths can take a layout's pairs at all: element-aligned, and
 // interleaved pairs (elem_stride 2) adjacent in memory.
 template <typename scalar_t>
@@ -593,6 +699,12 @@ bool pairs_vectorizable(const PairLayout& layout, const scalar_t* gate, const sc
   const bool adjacent = gate + 1 == value || value + 1 == gate;
   return element_aligned<scalar_t>(gate) && element_aligned<scalar_t>(value) &&
          (layout.elem_stride == 1 || (layout.elem_stride == 2 && adjacent));
+}
+
+// Whether a bias (if any) can take the (phased) vector paths of the layout it goes with.
+template <typename scalar_t>
+bool bias_vectorizable(const PairLayout& layout, const BiasPairs<scalar_t>& bias) {
+  return !bias.on() || pairs_vectorizable(layout, bias.gate, bias.value);
 }
 
 // PairLayout::run_offset without a 64-bit division in any thread (one costs a thread some

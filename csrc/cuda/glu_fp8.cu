@@ -89,6 +89,10 @@ struct Fp8Thread {
   unsigned* tensor_amax;
   unsigned char* q;
   float* scales;
+  // RowOptions: the bias, loaded with each item's inputs (its phase at the items: Run); the
+  // token counts, whose refused rows' threads hold nothing (an amax of 0) and store nothing.
+  BiasPairs<scalar_t> bias;
+  RowCheck valid;
 
   // A run's gates and values as the accesses take them.
   struct Run {
@@ -96,20 +100,25 @@ struct Fp8Thread {
     const scalar_t* v;
     bool gate_first;
     PairPhase phase;
+    PairPhase bias_phase;
   };
 
   GLU_HD Run run_of(int64_t run) const {
     const int64_t at = in_offsets(run);
-    Run r{gate + at, value + at, false, {}};
+    Run r{gate + at, value + at, false, {}, {}};
     r.gate_first = r.g < r.v;
     r.phase = Access::pair_phase(r.g, r.v, 0);  // every item's: they are whole packs apart
+    if (bias.on()) r.bias_phase = Access::pair_phase(bias.gate, bias.value, 0);
     return r;
   }
 
-  GLU_HD float act(scalar_t g, scalar_t v) const {
-    if (round) return static_cast<float>(N::widen(E::forward(g, v, params)));
+  // y at gate + bg and value + bv where there is a bias (else bg, bv are unused).
+  GLU_HD float act(scalar_t g, scalar_t v, scalar_t bg, scalar_t bv) const {
+    const bool on = bias.on();
+    if (round) return static_cast<float>(N::widen(E::forward(g, v, bg, bv, on, params)));
     using C = typename N::Compute;
-    return static_cast<float>(Gated<A, C>::forward(N::widen(g), N::widen(v), params));
+    return static_cast<float>(
+        Gated<A, C>::forward(E::biased(g, bg, on), E::biased(v, bv, on), params));
   }
 
   // y of the n outputs of the item at e (zeros past n: they leave an amax alone), from its
@@ -119,11 +128,18 @@ struct Fp8Thread {
     if constexpr (kVector) {
       if (n == kSpan) {
         const auto packs = Access::ready(staged, r.phase);
+        typename Access::PairPacks b{};
+        if (bias.on()) {
+          b = Access::ready(
+              Access::load_pair(bias.gate, bias.value, e, in.elem_stride, r.bias_phase),
+              r.bias_phase);
+        }
 #pragma unroll
         for (int j = 0; j < kSpan; ++j) {
-          scalar_t g, v;
+          scalar_t g, v, bg, bv;
           Access::unpack(packs, j, r.gate_first, g, v);
-          y[j] = act(g, v);
+          Access::unpack(b, j, bias.gate_first(), bg, bv);
+          y[j] = act(g, v, bg, bv);
         }
         return;
       }
@@ -133,7 +149,9 @@ struct Fp8Thread {
       y[j] = 0.0f;
       if (j < n) {
         const auto x = Scalar::load_pair(r.g, r.v, e + j, in.elem_stride);
-        y[j] = act(x.gate, x.value);
+        typename Scalar::PairPacks b{};
+        if (bias.on()) b = Scalar::load_pair(bias.gate, bias.value, e + j, in.elem_stride);
+        y[j] = act(x.gate, x.value, b.gate, b.value);
       }
     }
   }
@@ -211,18 +229,19 @@ struct Fp8Thread {
     return m;
   }
 
+  // The one scale of TensorQuantize.
+  GLU_HD float tensor_scale() const {
+    if (static_scale != nullptr) return *static_scale;
+    float amax;
+    memcpy(&amax, tensor_amax, sizeof amax);
+    return rule.scale(amax);
+  }
+
   // The scale of the thread's block(s), and where it is written.
   GLU_HD float scale_of(const Stretch& s, uint32_t block_index, uint32_t thread, const State& st,
                         const Shared& sh) const {
     if (mode == Fp8Mode::TensorQuantize) {
-      float scale;
-      if (static_scale != nullptr) {
-        scale = *static_scale;
-      } else {
-        float amax;
-        memcpy(&amax, tensor_amax, sizeof amax);
-        scale = rule.scale(amax);
-      }
+      const float scale = tensor_scale();
       if (block_index == 0 && thread == 0) scales[0] = scale;
       return scale;
     }
@@ -238,7 +257,8 @@ struct Fp8Thread {
   GLU_HD void operator()(int phase, uint32_t block_index, uint32_t thread, State& st,
                          Shared& sh) const {
     Stretch s;
-    const bool active = tiling.locate(block_index, thread, s);
+    bool active = tiling.locate(block_index, thread, s);
+    active = active && valid(s.run);  // a refused row: as a thread past the last run
     if (active) tiling.place(kSpan, 0, s);
     const bool whole = mode == Fp8Mode::TensorAmax || long_rows;  // one amax for the block
     if (phase == 0) {
@@ -275,7 +295,13 @@ struct Fp8Thread {
       }
       return;
     }
-    if (!active) return;
+    if (!active) {
+      // The tensor's scale is written even where the first row is refused.
+      if (mode == Fp8Mode::TensorQuantize && block_index == 0 && thread == 0) {
+        scales[0] = tensor_scale();
+      }
+      return;
+    }
     const float r = 1.0f / scale_of(s, block_index, thread, st, sh);
 #pragma unroll
     for (int u = 0; u < kKeep; ++u) {
@@ -307,7 +333,9 @@ struct Fp8Forward {
     // The phased accesses only: an aligned layout is their phase 0, a run-time branch that
     // costs little here, where the aligned variants would cost two fifths of this file's
     // build. float64 takes the scalar path (FP8 from float64 is for tests, not speed).
-    const bool vectorizable = pairs_vectorizable(call.in, gate, value);
+    const auto bias = BiasPairs<scalar_t>::of(call.rows);
+    const bool vectorizable =
+        pairs_vectorizable(call.in, gate, value) && bias_vectorizable(call.in, bias);
     return with_access<scalar_t, false>(call.in, vectorizable, false, [&](auto access) {
       using Thread = Fp8Thread<A, scalar_t, decltype(access)>;
       constexpr int kSpan = Thread::kSpan;
@@ -324,6 +352,8 @@ struct Fp8Forward {
       t.tensor_amax = call.tensor_amax;
       t.q = static_cast<unsigned char*>(call.q);
       t.scales = call.scales;
+      t.bias = bias;
+      t.valid = RowCheck::of(call.rows);
       const int64_t runs = call.in.runs, len = call.in.run_len;
       const auto launch = [&](Fp8Mode mode, int items) {
         t.mode = mode;

@@ -25,6 +25,12 @@ Granularities (the blocks lie along the last, halved dim; the output is taken as
     and quantize_kernel reads it, recomputing the activations.
 The float32 scales then take their dtype and layout in PyTorch (_fp8._store_scales), as the
 rule's own do.
+
+The bias and token counts (csrc/glu_kernels.h, RowOptions; Fp8Call::rows) are the plain
+kernels' (kernels.py's HAS_BIAS and MASKED, on the same loads): where the plan sets them every
+run is one row of n, the bias is added before the activation, and a row past its group's
+count is not read, and neither its q nor its scales are written; a per-tensor amax is over
+the valid rows only (the masked lanes' bits are 0).
 """
 
 from __future__ import annotations
@@ -68,8 +74,16 @@ for _name, _fmt in (
     if hasattr(torch, _name):
         FORMATS[getattr(torch, _name)] = _fmt
 
-_INTEGERS = ("rows", "n", "rows_per_run", "runs_per_outer", "outer_stride", "run_stride")
-_POINTERS = ("g_ptr", "v_ptr", "q_ptr", "s_ptr", "amax_ptr")
+_INTEGERS = (
+    "rows",
+    "n",
+    "rows_per_run",
+    "runs_per_outer",
+    "outer_stride",
+    "run_stride",
+    "rows_per_group",
+)
+_POINTERS = ("g_ptr", "v_ptr", "q_ptr", "s_ptr", "amax_ptr", "gb_ptr", "vb_ptr", "valid_ptr")
 
 
 # ---- the element and block pieces ----------------------------------------------------------
@@ -98,6 +112,8 @@ def _row_offsets(rows, n, rows_per_run, runs_per_outer, outer_stride, run_stride
 def _activation(
     g_ptr,
     v_ptr,
+    gb_ptr,
+    vb_ptr,
     offsets,
     row_mask,
     start,
@@ -108,18 +124,24 @@ def _activation(
     COMPUTE: tl.constexpr,
     PAIRS: tl.constexpr,
     GATE_FIRST: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     ROUND: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_E: tl.constexpr,
     ALIGN: tl.constexpr,
 ):
     """y of a [BLOCK_R, BLOCK_E] tile as the rule takes it, in float32: forward_kernel's
-    activation, rounded to the input's dtype where ROUND (float64 is narrowed in any case).
-    Masked lanes load zeros, whose y is 0 for every activation."""
+    activation (the bias added where HAS_BIAS), rounded to the input's dtype where ROUND
+    (float64 is narrowed in any case). Masked lanes load zeros, whose y is 0 for every
+    activation without a bias; every amax masks them anyway (_abs_bits)."""
     g, v = k._load_pairs(
         g_ptr, v_ptr, offsets, row_mask, start, n, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E, ALIGN
     )
-    y = m.gated_forward(g.to(COMPUTE), v.to(COMPUTE), alpha, limit, ACT)
+    gc, vc = k._biased(
+        g, v, gb_ptr, vb_ptr, row_mask, start, n,
+        COMPUTE, HAS_BIAS, PAIRS, GATE_FIRST, BLOCK_R, BLOCK_E, ALIGN,
+    )  # fmt: skip
+    y = m.gated_forward(gc, vc, alpha, limit, ACT)
     if ROUND:
         y = y.to(g.dtype)
     return y.to(tl.float32)
@@ -220,12 +242,16 @@ def amax_kernel(
     q_ptr,
     s_ptr,
     amax_ptr,
+    gb_ptr,
+    vb_ptr,
+    valid_ptr,
     rows: tl.int64,
     n: tl.int64,
     rows_per_run: tl.int64,
     runs_per_outer: tl.int64,
     outer_stride: tl.int64,
     run_stride: tl.int64,
+    rows_per_group: tl.int64,
     alpha: tl.float64,
     limit: tl.float64,
     eps: tl.float64,
@@ -234,6 +260,8 @@ def amax_kernel(
     PAIRS: tl.constexpr,
     GATE_FIRST: tl.constexpr,
     NESTED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    MASKED: tl.constexpr,
     ROUND: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_E: tl.constexpr,
@@ -244,15 +272,15 @@ def amax_kernel(
     feeds both; q_ptr and s_ptr are unused.)"""
     group, start, n = k._tile_origin(n, BLOCK_E, True)
     tile_rows = group * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = tile_rows < rows
+    row_mask = k._valid(tile_rows, tile_rows < rows, valid_ptr, rows_per_group, MASKED)
     offsets = _row_offsets(
         tile_rows, n, rows_per_run, runs_per_outer, outer_stride, run_stride, NESTED, PAIRS
     )
     a = k._param(alpha, COMPUTE)
     lim = k._param(limit, COMPUTE)
     y = _activation(
-        g_ptr, v_ptr, offsets, row_mask, start, n, a, lim,
-        ACT, COMPUTE, PAIRS, GATE_FIRST, ROUND, BLOCK_R, BLOCK_E, ALIGN,
+        g_ptr, v_ptr, gb_ptr, vb_ptr, offsets, row_mask, start, n, a, lim,
+        ACT, COMPUTE, PAIRS, GATE_FIRST, HAS_BIAS, ROUND, BLOCK_R, BLOCK_E, ALIGN,
     )  # fmt: skip
     _, mask = k._dense_tile(q_ptr, tile_rows, row_mask, start, n, BLOCK_E, ALIGN)
     tl.atomic_max(amax_ptr, tl.max(tl.max(_abs_bits(y, mask), 1), 0))
@@ -265,12 +293,16 @@ def quantize_kernel(
     q_ptr,
     s_ptr,
     amax_ptr,
+    gb_ptr,
+    vb_ptr,
+    valid_ptr,
     rows: tl.int64,
     n: tl.int64,
     rows_per_run: tl.int64,
     runs_per_outer: tl.int64,
     outer_stride: tl.int64,
     run_stride: tl.int64,
+    rows_per_group: tl.int64,
     alpha: tl.float64,
     limit: tl.float64,
     eps: tl.float64,
@@ -279,6 +311,8 @@ def quantize_kernel(
     PAIRS: tl.constexpr,
     GATE_FIRST: tl.constexpr,
     NESTED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    MASKED: tl.constexpr,
     ROUND: tl.constexpr,
     GRANULARITY: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -307,7 +341,7 @@ def quantize_kernel(
     else:
         group, start, n = k._tile_origin(n, BLOCK_E, True)
     tile_rows = group * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = tile_rows < rows
+    row_mask = k._valid(tile_rows, tile_rows < rows, valid_ptr, rows_per_group, MASKED)
     offsets = _row_offsets(
         tile_rows, n, rows_per_run, runs_per_outer, outer_stride, run_stride, NESTED, PAIRS
     )
@@ -318,8 +352,8 @@ def quantize_kernel(
         first = 0
         while first < n:
             y = _activation(
-                g_ptr, v_ptr, offsets, row_mask, first, n, a, lim,
-                ACT, COMPUTE, PAIRS, GATE_FIRST, ROUND, BLOCK_R, BLOCK_E, ALIGN,
+                g_ptr, v_ptr, gb_ptr, vb_ptr, offsets, row_mask, first, n, a, lim,
+                ACT, COMPUTE, PAIRS, GATE_FIRST, HAS_BIAS, ROUND, BLOCK_R, BLOCK_E, ALIGN,
             )  # fmt: skip
             _, mask = k._dense_tile(q_ptr, tile_rows, row_mask, first, n, BLOCK_E, ALIGN)
             amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y, mask), 1))
@@ -330,16 +364,16 @@ def quantize_kernel(
         first = 0
         while first < n:
             y = _activation(
-                g_ptr, v_ptr, offsets, row_mask, first, n, a, lim,
-                ACT, COMPUTE, PAIRS, GATE_FIRST, ROUND, BLOCK_R, BLOCK_E, ALIGN,
+                g_ptr, v_ptr, gb_ptr, vb_ptr, offsets, row_mask, first, n, a, lim,
+                ACT, COMPUTE, PAIRS, GATE_FIRST, HAS_BIAS, ROUND, BLOCK_R, BLOCK_E, ALIGN,
             )  # fmt: skip
             q_at, mask = k._dense_tile(q_ptr, tile_rows, row_mask, first, n, BLOCK_E, ALIGN)
             tl.store(q_at, _encode(y, r, FP8_MAX, MANTISSA, BIAS, FNUZ), mask=mask)
             first += BLOCK_E
     else:
         y = _activation(
-            g_ptr, v_ptr, offsets, row_mask, start, n, a, lim,
-            ACT, COMPUTE, PAIRS, GATE_FIRST, ROUND, BLOCK_R, BLOCK_E, ALIGN,
+            g_ptr, v_ptr, gb_ptr, vb_ptr, offsets, row_mask, start, n, a, lim,
+            ACT, COMPUTE, PAIRS, GATE_FIRST, HAS_BIAS, ROUND, BLOCK_R, BLOCK_E, ALIGN,
         )  # fmt: skip
         q_at, mask = k._dense_tile(q_ptr, tile_rows, row_mask, start, n, BLOCK_E, ALIGN)
         if GRANULARITY == TENSOR:
@@ -397,8 +431,18 @@ def specialization(plan: dict, like: torch.Tensor, n: int, args: _fp8.Fp8Args, s
     if run_len % n:  # a run holds whole rows wherever the split is along the last dim
         raise RuntimeError(f"glu_fused: a run of {run_len} does not hold whole rows of {n}")
     rows = plan["runs"] * (run_len // n)
-    addresses = [p.data_ptr() for p in plan["pointers"][:2]]
+    bias, masked = plan.get("bias") is not None, plan.get("valid_rows") is not None
+    if (bias or masked) and run_len != n:  # RowOptions: every run one row of the result
+        raise RuntimeError(f"glu_fused: a bias or token counts with runs of {run_len}, rows of {n}")
+    addresses = [
+        p.data_ptr() for p in (*plan["pointers"][:2], *launch._bias(plan)) if p is not None
+    ]
     align = launch.alignment(addresses, (n, run_len, *strides), like.element_size())
+    gate_bias, value_bias = launch._bias(plan)
+    if pairs and bias and (gate_bias.data_ptr() < value_bias.data_ptr()) != plan["gate_first"]:
+        raise RuntimeError("glu_fused: the bias's pairs are not in the inputs' order")
+    if masked and plan["rows_per_group"] < 1:
+        raise RuntimeError("glu_fused: token counts need rows_per_group >= 1")
     fp8_max, emax = _fp8.FP8_FORMATS[args.out_dtype]
     pow2 = args.scale_dtype != torch.float32
     rule = 0 if not pow2 else (2 if args.scale_rounding == "floor" else 1)
@@ -411,6 +455,8 @@ def specialization(plan: dict, like: torch.Tensor, n: int, args: _fp8.Fp8Args, s
         "PAIRS": pairs,
         "GATE_FIRST": pairs and plan["gate_first"],
         "NESTED": nested,
+        "HAS_BIAS": bias,
+        "MASKED": masked,
         "ROUND": args.intermediate == "input" and like.dtype in (torch.float16, torch.bfloat16),
         "GRANULARITY": GRANULARITY_CODES[args.granularity],
         "BLOCK": args.group_size,
@@ -423,7 +469,7 @@ def specialization(plan: dict, like: torch.Tensor, n: int, args: _fp8.Fp8Args, s
         "ALIGN": align,
     }
     integers = (rows, n, run_len // n, plan["runs_per_outer"], *strides)
-    return config, constexprs, integers
+    return config, constexprs, (*integers, plan.get("rows_per_group", 0))
 
 
 def _grid(config: launch.Config, loop: bool, rows: int, n: int) -> tuple[int]:
@@ -431,7 +477,17 @@ def _grid(config: launch.Config, loop: bool, rows: int, n: int) -> tuple[int]:
     return (row_tiles if loop else row_tiles * triton.cdiv(n, config.block_e),)
 
 
-_AMAX_CONSTEXPRS = ("ACT", "COMPUTE", "PAIRS", "GATE_FIRST", "NESTED", "ROUND", "ALIGN")
+_AMAX_CONSTEXPRS = (
+    "ACT",
+    "COMPUTE",
+    "PAIRS",
+    "GATE_FIRST",
+    "NESTED",
+    "HAS_BIAS",
+    "MASKED",
+    "ROUND",
+    "ALIGN",
+)
 
 
 def _poisoned(t: torch.Tensor, fill: float) -> torch.Tensor:
@@ -464,7 +520,8 @@ def quantize(plan, shape, like, args: _fp8.Fp8Args, static_scale):
     else:
         s = _poisoned(torch.empty(rows, blocks, device=device), float("nan"))
     amax = torch.zeros(1, dtype=torch.int32, device=device)
-    pointers = (*plan["pointers"][:2], q, s, amax)
+    # The bias and counts: None (constexprs) where the plan has none, as the plain kernels'.
+    pointers = (*plan["pointers"][:2], q, s, amax, *launch._bias(plan), plan.get("valid_rows"))
     floats = (float(plan["alpha"]), float(plan["limit"]), float(args.eps))
     options = launch.options(
         config, like.element_size(), constexprs["ALIGN"], torch.version.hip is None
@@ -491,17 +548,21 @@ def quantize(plan, shape, like, args: _fp8.Fp8Args, static_scale):
 # ---- the ops' FP8 calls (glu_fused._ops.FP8["triton"]) ----------------------------------------
 
 
-def packed_fp8(x, dim, function, layout, alpha, limit, *fp8_args):
+def packed_fp8(x, dim, function, layout, alpha, limit, *fp8_args, bias=None, valid_tokens=None):
     """glu_forward_fp8 on the Triton family: (q, scale) of the packed `function` of x."""
     _, _, args, scale = reference.check_packed_fp8(x, dim, function, layout, fp8_args)
     # The plan checks and lays out the call as the plain op's; its `out` (the plain result's
     # allocation) goes unused: a transient allocation the size of the plain result.
-    out, plan = _C.plan_glu_forward(x, dim, function, layout, alpha, limit)
+    out, plan = _C.plan_glu_forward(x, dim, function, layout, alpha, limit, bias, valid_tokens)
     return quantize(plan, tuple(out.shape), x, args, scale)
 
 
-def gated_fp8(gate, value, activation, *fp8_args):
+def gated_fp8(
+    gate, value, activation, *fp8_args, gate_bias=None, value_bias=None, valid_tokens=None
+):
     """gated_forward_fp8 on the Triton family: (q, scale) of act(gate) * value."""
     args, scale = reference.check_gated_fp8(gate, value, activation, fp8_args)
-    out, plan = _C.plan_gated_forward(gate, value, activation)  # `out` unused, as above
+    out, plan = _C.plan_gated_forward(  # `out` unused, as above
+        gate, value, activation, gate_bias, value_bias, valid_tokens
+    )
     return quantize(plan, tuple(out.shape), gate, args, scale)

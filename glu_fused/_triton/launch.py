@@ -19,8 +19,13 @@ interpreter cannot time anything), are one of configs(itemsize, align):
 Besides the tile, a kernel is specialized on ALIGN (alignment(): the vector width the call's
 pointers and strides allow), NESTED (runs grouped under outer blocks), the activation, the
 input dtype (float64 computes in float64, the others in float32), PAIRS and GATE_FIRST
-(where gate and value alternate: which comes first). specialization() gives them all, and
-options() the compile options that go with them.
+(where gate and value alternate: which comes first), and the bias and token-count modes of
+csrc/glu_kernels.h's RowOptions: HAS_BIAS (a bias added to gate and value) and MASKED (token
+counts: rows past their group's count neither read nor written). A backward that also
+sums the bias gradient (a plan with "bias_grad_partials") is backward_bias_kernel, on a
+tile of at most BIAS_TILE_ROWS runs (most_runs), one program for each tile of
+BIAS_TILE_ROWS rows and BLOCK_E columns. specialization() gives them all, and options() the
+compile options that go with them.
 """
 
 from __future__ import annotations
@@ -51,7 +56,17 @@ KERNELS = {
     "forward": kernels.forward_kernel,
     "backward": kernels.backward_kernel,
     "backward_in_place": kernels.backward_in_place_kernel,
+    "backward_bias": kernels.backward_bias_kernel,
 }
+# The kernels that take the bias and token counts, and the (HAS_BIAS, MASKED) each can launch
+# with: backward_bias_kernel always has a bias; the in-place backward neither.
+ROW_MODES = {
+    "forward": ((False, False), (True, False), (False, True), (True, True)),
+    "backward": ((False, False), (True, False), (False, True), (True, True)),
+    "backward_bias": ((True, False), (True, True)),
+    "backward_in_place": ((False, False),),
+}
+BIAS_TILE_ROWS = kernels.BIAS_TILE_ROWS.value
 # (PAIRS, GATE_FIRST) of a launch: halves have a pointer each, so GATE_FIRST is always False
 # for them; interleaved pairs start with the gate or with the value.
 PAIR_LAYOUTS = ((False, False), (True, True), (True, False))
@@ -89,24 +104,34 @@ def configs(itemsize: int, align: int | None = None) -> tuple[Config, ...]:
     return (*_narrow(itemsize, align), Config(1, tile_outputs(itemsize), wide=True))
 
 
-def options(tile: Config, itemsize: int, align: int, cuda: bool = True) -> dict:
+def options(
+    tile: Config, itemsize: int, align: int, cuda: bool = True, kernel: str | None = None
+) -> dict:
     """Compile options of a launch: its warps, and for CUDA, .maxnreg 255 where the kernel
     needs the most registers: float64, and one element per access (ALIGN 1: an address per
     element). Left to itself, ptxas trades a few bytes of spills for one more block per SM
     where a kernel needs a little more than an occupancy step (64 or 128 registers for 256
     threads), as some of those did (8 to 32 bytes); .maxnreg lets it take what they need.
     Vector kernels of 2- and 4-byte dtypes keep its choice: no spills there, and twice the
-    occupancy (with .maxnreg, ptxas doubles their registers)."""
-    if cuda and (itemsize > 4 or align == 1):
+    occupancy (with .maxnreg, ptxas doubles their registers). backward_bias, which holds
+    two sums an output across its loop over a tile's rows besides the backward's
+    registers, takes .maxnreg in every dtype (its 2-byte vector kernels spilled 8 bytes at
+    128 registers)."""
+    if cuda and (itemsize > 4 or align == 1 or kernel == "backward_bias"):
         return {"num_warps": tile.num_warps, "maxnreg": MAXNREG}
     return {"num_warps": tile.num_warps}
 
 
-def kernel_tile(kernel: str, tile: Config, itemsize: int) -> Config:
-    """The tile as `kernel` launches it. float64's in-place backward holds three results an
-    output (act(gate) * value and both gradients): in 8 warps its GeLU needs a stack frame
-    past 255 registers, so it takes 16, half the outputs a thread."""
-    if kernel == "backward_in_place" and itemsize > 4:
+def kernel_tile(kernel: str, tile: Config, itemsize: int, rows: bool = False) -> Config:
+    """The tile as `kernel` launches it (rows: with a bias or token counts). float64's
+    in-place backward holds three results an output (act(gate) * value and both
+    gradients): in 8 warps its GeLU needs a stack frame past 255 registers, so it takes 16,
+    half the outputs a thread. So do float64's backward with a bias or counts (their
+    addresses and masks besides: GeLU spilled 136 bytes on 8 rows of 256), and
+    backward_bias in every dtype, for its sums (in 8 warps float64 GeLU spilled up to 264
+    bytes, and bfloat16 with one element an access 32)."""
+    heavy = kernel == "backward_in_place" or (kernel == "backward" and rows)
+    if (heavy and itemsize > 4) or kernel == "backward_bias":
         return replace(tile, num_warps=2 * WARPS)
     return tile
 
@@ -177,56 +202,154 @@ def _flatten(plan: dict) -> tuple[bool, tuple[int, ...]]:
     return True, tuple(strides)
 
 
+def _bias(plan: dict) -> tuple:
+    """The plan's (gate_bias, value_bias) pointer views, or (None, None)."""
+    bias = plan.get("bias")
+    return (None, None) if bias is None else tuple(bias)
+
+
+def _partials(plan: dict):
+    return plan.get("bias_grad_partials")
+
+
+def kernel_configs(kernel: str, itemsize: int, align: int | None = None) -> tuple[Config, ...]:
+    """The tiles `kernel` can launch with (as specialization() chooses them, before
+    kernel_tile()): configs(), and for backward_bias those of at most BIAS_TILE_ROWS runs."""
+    tiles = configs(itemsize, align)
+    if kernel == "backward_bias":
+        return tuple(c for c in tiles if c.block_r <= BIAS_TILE_ROWS)
+    return tiles
+
+
+def kernel_constexprs(kernel: str, constexprs: dict) -> dict:
+    """specialization()'s constexprs that `kernel` takes (the in-place backward takes no
+    HAS_BIAS or MASKED, backward_bias no HAS_BIAS: it always has one)."""
+    names = KERNELS[kernel].arg_names
+    return {name: value for name, value in constexprs.items() if name in names}
+
+
+def kernel_of(kernel: str, plan: dict) -> str:
+    """The kernel a launch of `kernel` ("forward", "backward", "backward_in_place") takes for
+    the plan: the backward that sums the bias gradient where the plan asks for its
+    partials."""
+    if kernel == "backward" and _partials(plan) is not None:
+        return "backward_bias"
+    return kernel
+
+
+def _addresses(plan: dict, itemsize: int) -> list[int]:
+    """The addresses ALIGN must hold for, as addresses of `itemsize`-byte elements: the
+    plan's pointers and the bias's; and the bias gradient's partials (of the compute type),
+    whose rows (of run_len) are written ALIGN elements at a time too: an address p of
+    elements of s bytes is ALIGN-aligned where p * itemsize / s is ALIGN-aligned in
+    `itemsize`-byte elements."""
+    addresses = [p.data_ptr() for p in (*plan["pointers"], *_bias(plan)) if p is not None]
+    partials = _partials(plan)
+    if partials is not None:
+        addresses.append(partials.data_ptr() * itemsize // partials.element_size())
+    return addresses
+
+
 def specialization(plan: dict, like: torch.Tensor) -> tuple[Config, dict, tuple[int, ...]]:
     """The call's tile, every other constexpr of its kernel, and its strides."""
     nested, strides = _flatten(plan)
-    addresses = [p.data_ptr() for p in plan["pointers"]]
-    align = alignment(addresses, (plan["run_len"], *strides), like.element_size())
+    itemsize = like.element_size()
+    align = alignment(_addresses(plan, itemsize), (plan["run_len"], *strides), itemsize)
     constexprs = {
         "ACT": plan["activation"],
         "COMPUTE": tl.float64 if like.dtype == torch.float64 else tl.float32,
         "PAIRS": plan["pairs"],
         "GATE_FIRST": plan["pairs"] and plan["gate_first"],  # see PAIR_LAYOUTS
         "NESTED": nested,
+        "HAS_BIAS": plan.get("bias") is not None,
+        "MASKED": plan.get("valid_rows") is not None,
         "ALIGN": align,
     }
     most_runs = plan["runs_per_outer"] if nested else None
-    tile = choose(
-        plan["runs"], plan["run_len"], plan["pairs"], like.element_size(), align, most_runs
-    )
+    if _partials(plan) is not None:  # backward_bias_kernel: BLOCK_R divides a bias tile
+        most_runs = min(most_runs or BIAS_TILE_ROWS, BIAS_TILE_ROWS)
+    tile = choose(plan["runs"], plan["run_len"], plan["pairs"], itemsize, align, most_runs)
     return tile, constexprs, strides
+
+
+def partials_dtype(itemsize: int) -> torch.dtype:
+    """The bias gradient's partials: of the compute type (float64 for float64 inputs)."""
+    return torch.float64 if itemsize > 4 else torch.float32
 
 
 def check_promises(tile: Config, constexprs: dict, plan: dict, strides, itemsize: int) -> None:
     """Refuses a launch whose constexprs promise the kernel more than the call holds: an
     ALIGN its pointers and strides do not hold (tl.multiple_of would make misaligned vector
-    accesses), or, NESTED, tiles of more runs than an outer block has (_run_places)."""
+    accesses), or, NESTED, tiles of more runs than an outer block has (_run_places); and a
+    bias or partials laid out otherwise than the kernels read and write them."""
     align = constexprs["ALIGN"]
-    addresses = [p.data_ptr() for p in plan["pointers"]]
-    if not _aligned(align, addresses, (plan["run_len"], *strides), itemsize):
+    if not _aligned(align, _addresses(plan, itemsize), (plan["run_len"], *strides), itemsize):
         raise RuntimeError(f"glu_fused: ALIGN={align} does not hold for this call's layout")
     if constexprs["NESTED"] and tile.block_r > plan["runs_per_outer"]:
         raise RuntimeError(f"glu_fused: BLOCK_R={tile.block_r} > runs_per_outer, NESTED")
+    gate_bias, value_bias = _bias(plan)
+    if constexprs["PAIRS"] and gate_bias is not None:
+        if (gate_bias.data_ptr() < value_bias.data_ptr()) != constexprs["GATE_FIRST"]:
+            raise RuntimeError("glu_fused: the bias's pairs are not in the inputs' order")
+    if constexprs["MASKED"] and plan["rows_per_group"] < 1:
+        raise RuntimeError("glu_fused: token counts need rows_per_group >= 1")
+    partials = _partials(plan)
+    if partials is not None:
+        if plan.get("bias_tile_rows", BIAS_TILE_ROWS) != BIAS_TILE_ROWS:
+            raise RuntimeError(f"glu_fused: bias tiles of {plan['bias_tile_rows']} rows")
+        tiles = triton.cdiv(plan["runs"], BIAS_TILE_ROWS)
+        expected = (tiles, 2, plan["run_len"])
+        dtype = partials_dtype(itemsize)
+        if (
+            gate_bias is None
+            or partials.dtype != dtype
+            or tuple(partials.shape) != expected
+            or not partials.is_contiguous()
+            or tile.block_r > BIAS_TILE_ROWS
+        ):
+            raise RuntimeError(f"glu_fused: bias-gradient partials must be {dtype} {expected}")
+
+
+def grid(kernel: str, tile: Config, plan: dict) -> tuple[int]:
+    """Programs of a launch: one a tile, or for backward_bias one a (tile of BIAS_TILE_ROWS
+    runs, BLOCK_E outputs of each)."""
+    rows = BIAS_TILE_ROWS if kernel == "backward_bias" else tile.block_r
+    return (triton.cdiv(plan["runs"], rows) * triton.cdiv(plan["run_len"], tile.block_e),)
+
+
+def arguments(kernel: str, plan: dict, strides) -> tuple:
+    """The kernel's arguments before its constexprs: pointers (the bias and counts, None
+    where the plan has none: constexprs, so that the plain kernels keep their code), then
+    integers and parameters."""
+    integers = (plan["runs"], plan["run_len"], plan["runs_per_outer"], *strides)
+    floats = (float(plan["alpha"]), float(plan["limit"]))
+    if kernel == "backward_in_place":
+        return (*plan["pointers"], *integers, *floats)
+    rows = (*_bias(plan), plan.get("valid_rows"))
+    if kernel == "backward_bias":
+        rows = (*rows, _partials(plan))
+    return (*plan["pointers"], *rows, *integers, plan.get("rows_per_group", 0), *floats)
 
 
 def launch(kernel: str, plan: dict, like: torch.Tensor) -> None:
     """Launches the forward or backward kernel over a plan's runs, on like's device and its
     current stream."""
+    kernel = kernel_of(kernel, plan)
     tile, constexprs, strides = specialization(plan, like)
     check_promises(tile, constexprs, plan, strides, like.element_size())
-    tile = kernel_tile(kernel, tile, like.element_size())
-    grid = (_tiles(tile, plan["runs"], plan["run_len"]),)
+    modes = (constexprs["HAS_BIAS"], constexprs["MASKED"])
+    if modes not in ROW_MODES[kernel]:
+        raise RuntimeError(f"glu_fused: {kernel} takes no (HAS_BIAS, MASKED) = {modes}")
+    tile = kernel_tile(kernel, tile, like.element_size(), any(modes))
+    function = KERNELS[kernel]
+    constexprs = kernel_constexprs(kernel, constexprs)
     guard = torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext()
     with guard:
-        KERNELS[kernel][grid](
-            *plan["pointers"],
-            plan["runs"],
-            plan["run_len"],
-            plan["runs_per_outer"],
-            *strides,
-            float(plan["alpha"]),
-            float(plan["limit"]),
+        function[grid(kernel, tile, plan)](
+            *arguments(kernel, plan, strides),
             **constexprs,
             **tile.meta(),
-            **options(tile, like.element_size(), constexprs["ALIGN"], torch.version.hip is None),
+            **options(
+                tile, like.element_size(), constexprs["ALIGN"], torch.version.hip is None, kernel
+            ),
         )

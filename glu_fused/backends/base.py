@@ -25,12 +25,29 @@ class Backend(Protocol):
         """None if the backend runs tensors of `device_type`, else why not."""
 
     def packed(
-        self, x: torch.Tensor, dim: int, function: str, layout: str, alpha: float, limit: float
+        self,
+        x: torch.Tensor,
+        dim: int,
+        function: str,
+        layout: str,
+        alpha: float,
+        limit: float,
+        bias: torch.Tensor | None = None,
+        valid_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The glu_forward op's call: `function` (glu_fused._table.PACKED_FUNCTIONS) of x."""
+        """The glu_forward op's call: `function` (glu_fused._table.PACKED_FUNCTIONS) of x,
+        with its bias and token counts (docs/contract.md, "Bias and token counts")."""
 
-    def gated(self, gate: torch.Tensor, value: torch.Tensor, activation: str) -> torch.Tensor:
-        """The gated_forward op's call: act(gate) * value."""
+    def gated(
+        self,
+        gate: torch.Tensor,
+        value: torch.Tensor,
+        activation: str,
+        gate_bias: torch.Tensor | None = None,
+        value_bias: torch.Tensor | None = None,
+        valid_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The gated_forward op's call: act(gate + gate_bias) * (value + value_bias)."""
 
     def packed_fp8(
         self,
@@ -41,12 +58,21 @@ class Backend(Protocol):
         alpha: float,
         limit: float,
         *fp8_args,
+        bias: torch.Tensor | None = None,
+        valid_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The glu_forward_fp8 op's call: (q, scale); fp8_args as glu_fused._fp8.Fp8Args
         and the static scale."""
 
     def gated_fp8(
-        self, gate: torch.Tensor, value: torch.Tensor, activation: str, *fp8_args
+        self,
+        gate: torch.Tensor,
+        value: torch.Tensor,
+        activation: str,
+        *fp8_args,
+        gate_bias: torch.Tensor | None = None,
+        value_bias: torch.Tensor | None = None,
+        valid_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The gated_forward_fp8 op's call: (q, scale)."""
 
@@ -65,23 +91,61 @@ class OpsBackend:
     name: str
     family: str
 
-    def packed(self, x, dim, function, layout, alpha, limit) -> torch.Tensor:
+    def packed(
+        self, x, dim, function, layout, alpha, limit, bias=None, valid_tokens=None
+    ) -> torch.Tensor:
         ops = _ops.PACKED[self.family]
         if _ops.transforms_active():
-            return _ops.FusedFunction.apply(ops, x, dim, function, layout, alpha, limit)
-        return ops.forward(x, dim, function, layout, alpha, limit)
+            # Forward-mode AD and torch.func: the bias added by PyTorch (its tangent and
+            # batching are then PyTorch's), the op given the sum (see _ops.add_bias).
+            z = _ops.add_bias(x, bias)
+            out = _ops.FusedFunction.apply(
+                ops, z, dim, function, layout, alpha, limit, None, valid_tokens
+            )
+            return out.to(x.dtype)
+        return ops.forward(x, dim, function, layout, alpha, limit, bias, valid_tokens)
 
-    def gated(self, gate, value, activation) -> torch.Tensor:
+    def gated(
+        self, gate, value, activation, gate_bias=None, value_bias=None, valid_tokens=None
+    ) -> torch.Tensor:
         ops = _ops.GATED[self.family]
         if _ops.transforms_active():
-            return _ops.FusedFunction.apply(ops, gate, value, activation)
-        return ops.forward(gate, value, activation)
+            dtype = gate.dtype
+            if gate_bias is not None or value_bias is not None:
+                gate = _ops.add_bias(gate, gate_bias, compute_type=True)
+                value = _ops.add_bias(value, value_bias, compute_type=True)
+            out = _ops.FusedFunction.apply(ops, gate, value, activation, None, None, valid_tokens)
+            return out.to(dtype)
+        return ops.forward(gate, value, activation, gate_bias, value_bias, valid_tokens)
 
-    def packed_fp8(self, x, dim, function, layout, alpha, limit, *fp8_args):
-        return _ops.FP8[self.family][0](x, dim, function, layout, alpha, limit, *fp8_args)
+    def packed_fp8(
+        self, x, dim, function, layout, alpha, limit, *fp8_args, bias=None, valid_tokens=None
+    ):
+        packed = _ops.FP8[self.family][0]
+        return packed(
+            x, dim, function, layout, alpha, limit, *fp8_args, bias=bias, valid_tokens=valid_tokens
+        )
 
-    def gated_fp8(self, gate, value, activation, *fp8_args):
-        return _ops.FP8[self.family][1](gate, value, activation, *fp8_args)
+    def gated_fp8(
+        self,
+        gate,
+        value,
+        activation,
+        *fp8_args,
+        gate_bias=None,
+        value_bias=None,
+        valid_tokens=None,
+    ):
+        gated = _ops.FP8[self.family][1]
+        return gated(
+            gate,
+            value,
+            activation,
+            *fp8_args,
+            gate_bias=gate_bias,
+            value_bias=value_bias,
+            valid_tokens=valid_tokens,
+        )
 
     def gated_backward_in_place(self, grad_out, gate, value, activation) -> None:
         _ops.GATED[self.family].backward_in_place(grad_out, gate, value, activation)

@@ -34,7 +34,7 @@ transformers is imported only when a model is patched: ``import glu_fused`` neve
 
 from __future__ import annotations
 
-import types
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -185,7 +185,9 @@ def patch(model: nn.Module) -> int:
                 f"{plan.attribute} (accelerate's hooks or another patch); patch the model first"
             )
     for _, module, plan in todo:
-        setattr(module, plan.attribute, types.MethodType(plan.replacement, module))
+        # A partial of a module-level function, not a bound method: the module pickles
+        # (torch.save(model), multiprocessing's spawn, Ray) and unpickles still patched.
+        setattr(module, plan.attribute, functools.partial(plan.replacement, module))
         packed = None if plan.activation is None else _fused_activation(plan.activation)
         setattr(module, _STATE, (plan.attribute, plan.activation, packed))
     return len(todo)

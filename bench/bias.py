@@ -1,0 +1,206 @@
+"""The bias and token-count modes' benchmark (docs/contract.md, "Bias and token counts").
+
+Bias: swiglu with a bias on the gate/up projection, forward and forward + backward (the
+input's and the bias's gradients), against what users write instead,
+``F.silu(a + b1) * (u + b2)``, eager and torch.compile'd (Inductor fuses it: the strong
+peer). Token counts: x [E, T, 2H] (8 experts, T 4096) with 25% and 100% of the rows valid,
+against the same fused kernel given the whole [E, T, 2H] (what a kernel without counts
+must process).
+
+    python bench/bias.py                       # CPU sizes, results to bench/results/<device>/
+    python bench/bias.py --tokens 1024 --hidden 2048
+
+Bytes per token, forward (s: the dtype's size; H: the halved width): ours reads 2H and
+writes H (the bias, 2H once, is noise): 3H s. Eager reads x's halves and the biases and
+writes a + b1 and u + b2 (4H s), then silu reads and writes H (2H s), the product reads 2H
+and writes H (3H s): 9H s. Backward (ours): grad_out H and x 2H read, grad_x 2H written,
+the bias partials 2H float32 per 64 rows: 5H s (+ 0.125 H float32 bytes). Token counts: a
+valid row moves 3H s; a row past the count none (it is neither read nor written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from run import _raise_recompile_limit
+from timing import Clock, median, plan_for, time_interleaved
+
+import glu_fused
+
+
+def user_swiglu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    a, u = x.chunk(2, dim=-1)
+    b1, b2 = bias.chunk(2)
+    return F.silu(a + b1) * (u + b2)
+
+
+def ours_swiglu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return glu_fused.swiglu(x, bias=bias)
+
+
+def _train_step(fn):
+    def step(x, bias, grad):
+        out = fn(x, bias)
+        return torch.autograd.grad(out, (x, bias), grad)
+
+    return step
+
+
+def _bound(step, *args):
+    return lambda i: step(*args)
+
+
+def _time(named: dict, clock, plan, grad_mode: bool) -> dict[str, float]:
+    steps = {name: fn for name, fn in named.items()}
+    contexts = {name: contextlib.nullcontext for name in named}
+    with torch.set_grad_enabled(grad_mode):
+        samples, _ = time_interleaved(steps, contexts, 1, clock, plan)
+    return {name: median(s) for name, s in samples.items()}
+
+
+def bias_rows(tokens: int, hidden: int, dtype: torch.dtype, device) -> list[dict]:
+    clock, plan = Clock(device), plan_for(device)
+    x = (torch.randn(tokens, 2 * hidden, device=device) * 3).to(dtype).requires_grad_()
+    bias = torch.randn(2 * hidden, device=device).to(dtype).requires_grad_()
+    grad = torch.randn(tokens, hidden, device=device).to(dtype)
+    compiled = torch.compile(user_swiglu, dynamic=False)
+    # Every contender's result and gradients checked against the float64 reference first.
+    x64 = x.detach().double().requires_grad_()
+    b64 = bias.detach().double().requires_grad_()
+    want = glu_fused.reference.swiglu(x64, bias=b64)
+    want_grads = torch.autograd.grad(want, (x64, b64), grad.double())
+    forward = {"ours": ours_swiglu, "eager": user_swiglu, "compile": compiled}
+    errors = {}
+    for name, fn in forward.items():
+        out = fn(x, bias)
+        grads = torch.autograd.grad(out, (x, bias), grad)
+        errors[name] = max(
+            ((out.double() - want).abs().max() / want.abs().max()).item(),
+            *(
+                ((g.double() - w).abs().max() / w.abs().max()).item()
+                for g, w in zip(grads, want_grads)
+            ),
+        )
+    size = torch.finfo(dtype).bits // 8
+    rows = []
+    fwd = _time({n: (lambda i, f=f: f(x, bias)) for n, f in forward.items()}, clock, plan, False)
+    rows.append(
+        {
+            "case": "bias forward",
+            "shape": f"{tokens}x{2 * hidden}",
+            "dtype": str(dtype).removeprefix("torch."),
+            "ms": fwd,
+            "bytes": {"ours": 3 * hidden * size * tokens, "eager": 9 * hidden * size * tokens},
+            "error": errors,
+        }
+    )
+    steps = {n: _bound(_train_step(f), x, bias, grad) for n, f in forward.items()}
+    both = _time(steps, clock, plan, True)
+    rows.append(
+        {
+            "case": "bias forward+backward",
+            "shape": f"{tokens}x{2 * hidden}",
+            "dtype": str(dtype).removeprefix("torch."),
+            "ms": both,
+            "bytes": {"ours": (3 + 5) * hidden * size * tokens + hidden * tokens // 8},
+            "error": errors,
+        }
+    )
+    return rows
+
+
+def moe_rows(experts: int, tokens: int, hidden: int, dtype: torch.dtype, device) -> list[dict]:
+    clock, plan = Clock(device), plan_for(device)
+    x = (torch.randn(experts, tokens, 2 * hidden, device=device) * 3).to(dtype)
+    size = torch.finfo(dtype).bits // 8
+    rows = []
+    for percent in (25, 100):
+        valid = tokens * percent // 100
+        # Skewed routing below 100%: the experts' counts differ, their mean is `valid`.
+        spread = torch.linspace(0.5, 1.5, experts) if percent < 100 else torch.ones(experts)
+        counts = (spread * valid).round().clamp(0, tokens).to(torch.int32).to(device)
+        named = {
+            "ours (valid_tokens)": lambda i, counts=counts: glu_fused.swiglu(
+                x, valid_tokens=counts
+            ),
+            "ours (whole [E, T, 2H])": lambda i: glu_fused.swiglu(x),
+        }
+        out = glu_fused.swiglu(x, valid_tokens=counts)
+        full = glu_fused.swiglu(x)
+        mask = torch.arange(tokens, device=device)[None, :] < counts[:, None]
+        assert torch.equal(out[mask], full[mask]), "valid rows differ from the whole tensor's"
+        ms = _time(named, clock, plan, False)
+        rows_valid = int(counts.sum())
+        rows.append(
+            {
+                "case": f"MoE {percent}% valid",
+                "shape": f"{experts}x{tokens}x{2 * hidden}",
+                "dtype": str(dtype).removeprefix("torch."),
+                "ms": ms,
+                "bytes": {
+                    "ours (valid_tokens)": 3 * hidden * size * rows_valid,
+                    "ours (whole [E, T, 2H])": 3 * hidden * size * experts * tokens,
+                },
+                "error": {},
+            }
+        )
+    return rows
+
+
+def table_line(row: dict) -> str:
+    ms = row["ms"]
+    names = list(ms)
+    ours = names[0]
+    best_peer = min(names[1:], key=ms.get)
+    cells = [
+        row["case"],
+        row["shape"],
+        row["dtype"],
+        *(f"{n} {ms[n]:.3f}" for n in names),
+        f"{ms[best_peer] / ms[ours]:.2f}x vs {best_peer}",
+        ", ".join(f"{n} {b / 2**20:.1f} MiB" for n, b in row["bytes"].items()),
+        ", ".join(f"{n} {e:.1e}" for n, e in row["error"].items()),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    head = "| case | shape | dtype | ms (median) | speedup of ours | bytes moved | max rel. error |"
+    lines = [f"# Bias and token counts on {device}", "", head, "|" + " --- |" * 7]
+    return "\n".join(lines + [table_line(r) for r in rows]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--moe-hidden", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from run import device_slug
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _raise_recompile_limit()
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        rows += bias_rows(args.tokens, args.hidden, dtype, device)
+        for row in rows[-2:]:
+            print(table_line(row), flush=True)
+    for row in moe_rows(8, 4096, args.moe_hidden, torch.bfloat16, device):
+        rows.append(row)
+        print(table_line(row), flush=True)
+    slug = device_slug(device)
+    out = args.out or Path(__file__).parent / "results" / slug
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bias.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "bias.md").write_text(markdown(rows, slug))
+    print(f"wrote {out / 'bias.md'}")
+
+
+if __name__ == "__main__":
+    main()
