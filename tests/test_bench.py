@@ -359,3 +359,24 @@ def test_cpu_results_are_named_by_the_cpu_model_and_the_kernels_level():
     assert slug.startswith("cpu-") and slug.endswith(f"-{level}"), slug
     assert slug != f"cpu-{level}", "the CPU's model is missing"
     assert f"{level} kernels" in run.device_name(CPU)
+
+
+def test_the_bias_benchmark_checks_its_contenders_and_writes_its_tables(tmp_path, capsys):
+    import bias
+
+    bias.main(
+        ["--tokens", "8", "--hidden", "64", "--moe-tokens", "16", "--moe-hidden", "32",
+         "--experts", "2", "--out", str(tmp_path)]
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "bias.json").read_text())
+    assert [r["case"] for r in rows] == [
+        *["bias forward", "bias forward+backward"] * 2,
+        "MoE 25% valid",
+        "MoE 100% valid",
+    ]
+    for row in rows[:4]:
+        assert set(row["ms"]) == {"ours", "eager", "compile"}
+        assert max(row["error"].values()) < 0.02
+    table = (tmp_path / "bias.md").read_text()
+    assert "| case | shape | dtype | ours ms | eager ms | compile ms |" in table
+    assert "| MoE 25% valid | 2x16x64 | bfloat16 |" in table
