@@ -5,7 +5,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: test test-full test-cuda-emulated test-cpu-levels test-oldest gpu-check-dry-run install deps bench-deps lint bench \
+.PHONY: test test-full test-codegen test-cuda-emulated test-cpu-levels test-oldest gpu-check-dry-run install deps bench-deps lint bench \
 	gpu-check wheelhouse clean
 
 # Both cores (pytest-xdist): TEST_WORKERS=0 runs the suite in one process. `loadscope` hands
@@ -14,10 +14,19 @@ PIP := $(PYTHON) -m pip
 TEST_WORKERS ?= auto
 PYTEST := $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
+# What nvcc and Triton's compiler make of the kernels, checked without a GPU (registers,
+# spills, vector widths, SASS per element): minutes of compiling, so a tier of their own, kept
+# out of `make test`'s loop; CI runs it (.ci/run), and `make test-full` with sm_80 as well.
+CODEGEN_SUITES := tests/test_cuda_codegen.py tests/test_cuda_occupancy.py tests/test_cuda_sass.py \
+	tests/test_cuda_division.py tests/test_triton_codegen.py
+
 test: install lint
-	$(PYTEST) tests
+	$(PYTEST) tests $(addprefix --ignore=,$(CODEGEN_SUITES))
 	$(MAKE) test-cuda-emulated
 	$(MAKE) test-cpu-levels
+
+test-codegen: install
+	$(PYTEST) $(CODEGEN_SUITES)
 
 # The longer tier: every covering design as its full product (tests/covering.py), Triton's
 # interpreter included, and the codegen suites for sm_80 as well as sm_90.

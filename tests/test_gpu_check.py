@@ -1,7 +1,7 @@
 """make gpu-check's plumbing, without a GPU: the stages run in tiny mode on the CPU, and the
 commands a GPU machine would run are built as there and parsed by the programs they call, so
-that the first GPU run cannot die of a typo. (CI also runs `make gpu-check-dry-run`, which
-adds the build stage: a build where the checkout has no extension, else a note.)"""
+that the first GPU run cannot die of a typo. (`make gpu-check-dry-run` runs the same with the
+build stage too, which test_tiny_plan_rebuilds_only_a_checkout_without_an_extension covers.)"""
 
 from __future__ import annotations
 
