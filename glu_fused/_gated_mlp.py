@@ -68,30 +68,41 @@ class Block:
         return reference.split(gate_up, gate_up.dim() - 1, self.layout == "interleaved")
 
     def activate(
-        self, gate: torch.Tensor, up: torch.Tensor, gate_up: torch.Tensor | None, **fp8
+        self,
+        gate: torch.Tensor,
+        up: torch.Tensor,
+        gate_up: torch.Tensor | None,
+        bias: torch.Tensor | None = None,
+        **fp8,
     ) -> torch.Tensor:
-        """act(gate) * up: the packed op where the fused projection has one, else `gated`;
-        `fp8`: the FP8 keywords ((q, scale) then)."""
+        """act(gate + b_g) * (up + b_u): the packed op where the fused projection has one,
+        else `gated`; `bias`: the fused projection's (packed in its layout), added by the
+        kernel, or None; `fp8`: the FP8 keywords ((q, scale) then)."""
         packed = packed_of(self.activation) if gate_up is not None else None
         if packed is not None:
             return getattr(functional, packed.public)(
-                gate_up, layout=self.layout, **dict(packed.options), **fp8
+                gate_up, layout=self.layout, **dict(packed.options), bias=bias, **fp8
             )
-        return functional.gated(gate, up, self.activation, **fp8)
+        biases = {}
+        if bias is not None:
+            biases = dict(zip(("gate_bias", "value_bias"), self.split(bias)))
+        return functional.gated(gate, up, self.activation, **biases, **fp8)
 
-    def down(self, projections, w_down, b_down) -> torch.Tensor:
-        """The down projection of act(gate) * up: in the input's dtype, or (fp8) h quantized
-        by the fused kernel and the GEMM in FP8 (torch._scaled_mm), the weight quantized per
-        tensor or per row, the result in the input's dtype."""
+    def down(self, projections, w_down, b_down, bias=None) -> torch.Tensor:
+        """The down projection of act(gate) * up (`bias`: the fused projection's, for the
+        kernel to add, or None): in the input's dtype, or (fp8) h quantized by the fused
+        kernel and the GEMM in FP8 (torch._scaled_mm), the weight quantized per tensor or per
+        row, the result in the input's dtype."""
         if self.fp8 is None:
-            return F.linear(self.activate(*_gate_and_up(projections, self)), w_down, b_down)
+            h = self.activate(*_gate_and_up(projections, self), bias=bias)
+            return F.linear(h, w_down, b_down)
         w_q, w_scale = _fp8.quantize_weight(w_down, "tensor" if self.fp8 == "tensor" else "row")
-        return self.down_quantized(projections, w_q, w_scale, b_down)
+        return self.down_quantized(projections, w_q, w_scale, b_down, bias)
 
-    def down_quantized(self, projections, w_q, w_scale, b_down) -> torch.Tensor:
+    def down_quantized(self, projections, w_q, w_scale, b_down, bias=None) -> torch.Tensor:
         """down() with the weight already quantized (_fp8.quantize_weight's (q, scale))."""
         parts = _gate_and_up(projections, self)
-        q, scale = self.activate(*parts, out_dtype=FP8_DTYPE, granularity=self.fp8)
+        q, scale = self.activate(*parts, bias=bias, out_dtype=FP8_DTYPE, granularity=self.fp8)
         return _fp8.scaled_linear(q, scale, w_q, w_scale, b_down, projections[0].dtype)
 
 
@@ -100,14 +111,19 @@ def applies(modules, x: torch.Tensor) -> bool:
     autocast is off, and the projections are plain nn.Linear with plain parameters and no hooks
     (tensor parallelism's DTensor weights and their hooks, a LoRA wrapper, a quantized linear,
     autocast's casts take the modules' own path)."""
-    if not torch.is_grad_enabled() or _autocast(x):
-        return False
-    if not all(type(m) is torch.nn.Linear and not _hooked(m) for m in modules):
+    if not torch.is_grad_enabled() or not plain(modules, x):
         return False
     params = [p for m in modules for p in (m.weight, m.bias) if p is not None]
-    return all(type(p) in (torch.nn.Parameter, torch.Tensor) for p in params) and (
-        x.requires_grad or any(p.requires_grad for p in params)
-    )
+    return x.requires_grad or any(p.requires_grad for p in params)
+
+
+def plain(modules, x: torch.Tensor) -> bool:
+    """Whether calling F.linear on the modules' parameters is what their calls compute: plain
+    nn.Linear modules, no hooks, plain parameters, autocast off."""
+    if _autocast(x) or not all(type(m) is torch.nn.Linear and not _hooked(m) for m in modules):
+        return False
+    params = [p for m in modules for p in (m.weight, m.bias) if p is not None]
+    return all(type(p) in (torch.nn.Parameter, torch.Tensor) for p in params)
 
 
 def check_input(x: torch.Tensor, weight: torch.Tensor) -> None:

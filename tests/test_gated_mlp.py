@@ -352,3 +352,60 @@ def test_shard_rejects_an_uneven_split():
         mlp.shard(0, 3)
     with pytest.raises(ValueError, match="shard 2 of 2"):
         mlp.shard(2, 2)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_a_plain_gate_up_leaves_its_bias_to_the_kernel(backend, monkeypatch):
+    """Outside the lean block (lean=False; no gradient; the FP8 forward) a plain gate_up's
+    bias is not added by its GEMM but by the fused kernel (the activation's bias= or
+    gate_bias=/value_bias=), with the unfused MLP's output and gradients; a gate_up with a
+    hook keeps its own call (the hook sees the biased projection). Every activation, the
+    layouts alternating, and the gated path (sigmoid) in both layouts; float64."""
+    device = device_of(backend)
+    biases = []
+
+    def spy(f):
+        def call(*args, **kwargs):
+            biases.append(kwargs.get("bias", kwargs.get("gate_bias")))
+            return f(*args, **kwargs)
+
+        return call
+
+    for name in ("swiglu", "geglu", "reglu", "gated"):
+        monkeypatch.setattr(glu_fused.functional, name, spy(getattr(glu_fused.functional, name)))
+    cases = [(a, LAYOUTS[i % 2]) for i, a in enumerate(TORCH_ACTIVATIONS)]
+    for activation, layout in dict.fromkeys([*cases, ("sigmoid", "interleaved")]):
+        what = f"{activation}, {layout}"
+        _seeded("kernel bias", activation, layout)
+        unfused = UnfusedMLP(TORCH_ACTIVATIONS[activation], bias=True, device=device)
+        fused = GatedMLP.from_mlp(unfused, layout=layout)
+        fused.lean = False
+        x = torch.randn(3, 5, IN, dtype=torch.float64, device=device)
+        cotangent = torch.randn(3, 5, OUT, dtype=torch.float64, device=device)
+        x_unfused, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
+        unfused(x_unfused).backward(cotangent)
+        with glu_fused.use_backend(backend):
+            biases.clear()
+            out = fused(x_fused)
+            assert len(biases) == 1 and biases[0] is not None, what
+            out.backward(cotangent)
+            with torch.no_grad():
+                _assert_close(fused(x), out, torch.float64, f"{what}: no_grad output")
+            assert biases[-1] is not None, what
+            fused.fp8 = "token"
+            with torch.no_grad():
+                fp8_out = fused(x)
+                assert biases[-1] is not None, what
+                projection = fused.gate_up(x)
+                unfused_fp8 = fused._block.down([projection], fused.down.weight, fused.down.bias)
+            torch.testing.assert_close(fp8_out, unfused_fp8, rtol=0, atol=0)
+            fused.fp8 = None
+            handle = fused.gate_up.register_forward_hook(lambda m, i, o: biases.append("hook"))
+            _assert_close(fused(x), out, torch.float64, f"{what}: hooked output")
+            assert biases[-2:] == ["hook", None], what
+            handle.remove()
+        _assert_close(out, unfused(x), torch.float64, f"{what}: output")
+        _assert_close(x_fused.grad, x_unfused.grad, torch.float64, f"{what}: input gradient")
+        unfused_grads = {name: p.grad for name, p in unfused.named_parameters()}
+        for name, grad in _unfused_grads_of(fused).items():
+            _assert_close(grad, unfused_grads[name], torch.float64, f"{what}: {name} gradient")
