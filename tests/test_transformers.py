@@ -161,15 +161,37 @@ def test_patched_model_matches_transformers(family, dtype, experts, fused_calls,
     assert torch.equal(logits_again, logits_hf)
 
 
-def test_gpt_oss_eager_experts_run_the_fused_op(fused_calls):
-    """gpt-oss's eager experts loop calls _apply_gate too (the other experts' inline it)."""
+def test_gpt_oss_eager_experts_run_the_fused_op_with_the_bias(fused_calls, monkeypatch):
+    """gpt-oss's eager experts loop runs the fused op with each expert's gate_up bias as its
+    bias= (random biases: transformers' init zeroes them), with transformers' logits and
+    gradients, the biases' included; unpatched, transformers' own loop again."""
     model = _tiny_model("gpt_oss", torch.float64, "eager")
-    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(_seed("eager")))
-    logits_hf = model(input_ids=ids).logits
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.experts.gate_up_proj_bias.normal_(0.0, 2.0)
+    generator = torch.Generator().manual_seed(_seed("eager"))
+    ids = torch.randint(0, VOCAB, (2, 9), generator=generator)
+    cotangent = torch.randn(2, 9, VOCAB, generator=generator, dtype=torch.float64)
+    logits_hf, grads_hf = _logits_and_grads(model, ids, cotangent)
     glu_hf.patch(model)
-    logits = model(input_ids=ids).logits
-    assert fused_calls
+    biases = []
+    real = glu_fused.functional.clamped_swiglu
+
+    def spy(*args, **kwargs):
+        biases.append(kwargs.get("bias"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(glu_fused.functional, "clamped_swiglu", spy)
+    logits, grads = _logits_and_grads(model, ids, cotangent)
+    assert fused_calls and biases and all(b is not None for b in biases)
     _assert_all_close(logits, logits_hf, torch.float64, "gpt-oss eager experts")
+    assert grads.keys() == grads_hf.keys()
+    assert any(name.endswith("gate_up_proj_bias") for name in grads)
+    for name, grad in grads.items():
+        _assert_all_close(grad, grads_hf[name], torch.float64, f"gradient of {name}")
+    glu_hf.unpatch(model)
+    biases.clear()
+    assert torch.equal(_logits_and_grads(model, ids, cotangent)[0], logits_hf) and not biases
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_oss"])

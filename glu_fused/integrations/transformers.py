@@ -16,7 +16,9 @@ unaffected. What it patches:
 - gpt-oss's experts: their ``_apply_gate``, the clamped SwiGLU
   ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)``, ``g = clamp(gate, max=limit)``
   of gate and up interleaved in one projection, becomes
-  ``glu_fused.clamped_swiglu(gate_up, alpha=alpha, limit=limit, layout="interleaved")``.
+  ``glu_fused.clamped_swiglu(gate_up, alpha=alpha, limit=limit, layout="interleaved")``; in
+  their eager loop, each expert's ``gate_up_proj_bias`` is added by that kernel too
+  (``bias=``), instead of by a pass of its own over the expert's projection.
 - Other mixture-of-experts models whose experts use transformers' default ``_apply_gate``,
   ``act_fn(gate) * up`` of the halves of one projection (Qwen2/3-MoE, Mixtral...): the packed
   fused function, e.g. ``glu_fused.swiglu(gate_up)``.
@@ -44,17 +46,17 @@ from torch import nn
 from .. import _gated_mlp, functional
 from ..nn import _fused_activation, infer_activation
 
-# The instance attribute that marks a patched module: (name of the replaced method,
+# The instance attribute that marks a patched module: (names of the replaced methods,
 # activation, the fused function of a packed projection or None).
 _STATE = "_glu_fused"
 
 
 @dataclass(frozen=True)
 class _Patch:
-    """What to do to one module: replace its method ``attribute`` by ``replacement``."""
+    """What to do to one module: replace each of its methods named in ``methods`` by the
+    function given with it (called with the module first)."""
 
-    attribute: str
-    replacement: Callable
+    methods: tuple[tuple[str, Callable], ...]
     activation: str | None
 
 
@@ -71,11 +73,49 @@ def _fused_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return down(functional.gated(gate(x), up(x), activation))
 
 
-def _fused_gpt_oss_apply_gate(self: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
-    """gpt-oss's GptOssExperts._apply_gate: the clamped SwiGLU of interleaved gate and up."""
+def _fused_gpt_oss_apply_gate(
+    self: nn.Module, gate_up: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """gpt-oss's GptOssExperts._apply_gate: the clamped SwiGLU of interleaved gate and up
+    (of gate_up + bias, the bias added in float32 by the kernel)."""
     return functional.clamped_swiglu(
-        gate_up, alpha=self.alpha, limit=self.limit, layout="interleaved"
+        gate_up, alpha=self.alpha, limit=self.limit, layout="interleaved", bias=bias
     )
+
+
+def _fused_gpt_oss_forward(
+    self: nn.Module, hidden_states: torch.Tensor, router_indices=None, routing_weights=None
+) -> torch.Tensor:
+    """GptOssExperts.forward. Its eager loop is transformers' own, line for line, but for
+    each expert's gate_up bias, which the fused kernel adds (unfused, ``x @ W + b`` is one
+    more pass over the expert's projection, and the bias gradient one more backward). The
+    other experts implementations (batched_mm, grouped_mm) gather a bias for each row, which
+    the kernel's one bias vector cannot stand for: they run as transformers has them, with
+    the patched _apply_gate."""
+    implementation = getattr(getattr(self, "config", None), "_experts_implementation", None)
+    if implementation not in (None, "eager"):
+        return type(self).forward(self, hidden_states, router_indices, routing_weights)
+    next_states = torch.zeros_like(hidden_states, dtype=hidden_states.dtype)
+    with torch.no_grad():
+        expert_mask = nn.functional.one_hot(router_indices, num_classes=self.num_experts)
+        expert_mask = expert_mask.permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+    for expert_idx in expert_hit:
+        expert_idx = expert_idx[0]
+        if expert_idx == self.num_experts:
+            continue
+        top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
+        current_state = hidden_states[token_idx]
+        gate_up = current_state @ self.gate_up_proj[expert_idx]
+        bias = self.gate_up_proj_bias[expert_idx]
+        if bias.dtype == gate_up.dtype:
+            gated_output = _fused_gpt_oss_apply_gate(self, gate_up, bias)
+        else:  # autocast's matmul: the bias promotes the sum, as transformers' code does
+            gated_output = self._apply_gate(gate_up + bias)
+        out = gated_output @ self.down_proj[expert_idx] + self.down_proj_bias[expert_idx]
+        weighted_output = out * routing_weights[token_idx, top_k_pos, None]
+        next_states.index_add_(0, token_idx, weighted_output.to(hidden_states.dtype))
+    return next_states
 
 
 def _fused_default_apply_gate(self: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
@@ -113,8 +153,10 @@ def _transformers_functions() -> dict[str, Callable | None]:
         from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
 
         found["gpt_oss_apply_gate"] = getattr(GptOssExperts, "_apply_gate", None)
+        # The eager loop, under transformers' experts-implementation dispatch.
+        found["gpt_oss_forward"] = getattr(GptOssExperts.forward, "__wrapped__", None)
     except ImportError:
-        found["gpt_oss_apply_gate"] = None
+        found["gpt_oss_apply_gate"] = found["gpt_oss_forward"] = None
     try:
         from transformers.integrations.moe import _default_apply_gate
     except ImportError:
@@ -145,14 +187,19 @@ def _plan(module: nn.Module, name: str, known: dict[str, Callable | None]) -> _P
         and _has_submodules(module, "gate_proj", "up_proj", "down_proj")
         and hasattr(module, "act_fn")
     ):
-        return _Patch("forward", _fused_mlp_forward, _activation_of(module, name))
+        return _Patch((("forward", _fused_mlp_forward),), _activation_of(module, name))
     apply_gate = getattr(cls, "_apply_gate", None)
     if apply_gate is None:
         return None
     if _same_code(apply_gate, known["gpt_oss_apply_gate"]):
-        return _Patch("_apply_gate", _fused_gpt_oss_apply_gate, None)
+        methods = [("_apply_gate", _fused_gpt_oss_apply_gate)]
+        eager = getattr(cls.forward, "__wrapped__", None)
+        if _same_code(eager, known["gpt_oss_forward"]):  # the loop _fused_gpt_oss_forward is
+            methods.append(("forward", _fused_gpt_oss_forward))
+        return _Patch(tuple(methods), None)
     if apply_gate is known["default_apply_gate"] and hasattr(module, "act_fn"):
-        return _Patch("_apply_gate", _fused_default_apply_gate, _activation_of(module, name))
+        methods = (("_apply_gate", _fused_default_apply_gate),)
+        return _Patch(methods, _activation_of(module, name))
     return None
 
 
@@ -179,17 +226,19 @@ def patch(model: nn.Module) -> int:
         )
     todo = [(name, module, plan) for name, module, plan in plans if _STATE not in vars(module)]
     for name, module, plan in todo:
-        if plan.attribute in vars(module):
-            raise RuntimeError(
-                f"glu_fused: {name} ({type(module).__name__}) already has its own "
-                f"{plan.attribute} (accelerate's hooks or another patch); patch the model first"
-            )
+        for method, _ in plan.methods:
+            if method in vars(module):
+                raise RuntimeError(
+                    f"glu_fused: {name} ({type(module).__name__}) already has its own "
+                    f"{method} (accelerate's hooks or another patch); patch the model first"
+                )
     for _, module, plan in todo:
-        # A partial of a module-level function, not a bound method: the module pickles
-        # (torch.save(model), multiprocessing's spawn, Ray) and unpickles still patched.
-        setattr(module, plan.attribute, functools.partial(plan.replacement, module))
+        for method, replacement in plan.methods:
+            # A partial of a module-level function, not a bound method: the module pickles
+            # (torch.save(model), multiprocessing's spawn, Ray) and unpickles still patched.
+            setattr(module, method, functools.partial(replacement, module))
         packed = None if plan.activation is None else _fused_activation(plan.activation)
-        setattr(module, _STATE, (plan.attribute, plan.activation, packed))
+        setattr(module, _STATE, (tuple(m for m, _ in plan.methods), plan.activation, packed))
     return len(todo)
 
 
@@ -201,7 +250,8 @@ def unpatch(model: nn.Module) -> int:
         state = vars(module).get(_STATE)
         if state is None:
             continue
-        delattr(module, state[0])
+        for method in state[0]:
+            delattr(module, method)
         delattr(module, _STATE)
         restored += 1
     return restored
