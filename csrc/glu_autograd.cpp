@@ -92,23 +92,36 @@ Tensor with_bias_cotangent(const Tensor& grad, const Tensor& bias_grad) {
   return bias_grad.defined() ? grad + bias_grad : grad;
 }
 
+// glu_backward and glu_backward_bias as functions of their inputs, for double backward:
+// both save the same inputs, and differentiate as glu_double_backward gives, for the
+// cotangent of grad_x (glu_backward_bias's with its bias's folded in).
+void save_packed_backward(AutogradContext* ctx, const Tensor& grad_out, const Tensor& x,
+                          const OptTensor& bias, const OptTensor& valid, const PackedCallArgs& a) {
+  ctx->save_for_backward({grad_out, x, defined_or_not(bias), defined_or_not(valid)});
+  a.save(ctx);
+}
+
+template <Family F>
+variable_list packed_double_backward(AutogradContext* ctx, const Tensor& cotangent) {
+  const auto s = ctx->get_saved_variables();
+  const auto a = PackedCallArgs::load(ctx);
+  auto [grad_grad_out, grad_x] = ops(F).glu_double_backward.call(
+      cotangent, s[0], s[1], a.dim, a.function, a.layout, a.alpha, a.limit, opt(s[2]),
+      opt(s[3]));
+  return {grad_grad_out, grad_x, sum_rows(grad_x, s[2]), Tensor(), Tensor()};
+}
+
 template <Family F>
 struct GluBackwardFunction : torch::autograd::Function<GluBackwardFunction<F>> {
   static Tensor forward(AutogradContext* ctx, const Tensor& grad_out, const Tensor& x,
                         const OptTensor& bias, const OptTensor& valid, const PackedCallArgs& a) {
-    ctx->save_for_backward({grad_out, x, defined_or_not(bias), defined_or_not(valid)});
-    a.save(ctx);
+    save_packed_backward(ctx, grad_out, x, bias, valid, a);
     return below_autograd(ops(F).glu_backward, grad_out, x, a.dim, a.function, a.layout, a.alpha,
                           a.limit, bias, valid);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    const auto a = PackedCallArgs::load(ctx);
-    auto [grad_grad_out, grad_x] = ops(F).glu_double_backward.call(
-        grads[0], s[0], s[1], a.dim, a.function, a.layout, a.alpha, a.limit, opt(s[2]),
-        opt(s[3]));
-    return {grad_grad_out, grad_x, sum_rows(grad_x, s[2]), Tensor(), Tensor()};
+    return packed_double_backward<F>(ctx, grads[0]);
   }
 };
 
@@ -117,8 +130,7 @@ template <Family F>
 struct GluBackwardBiasFunction : torch::autograd::Function<GluBackwardBiasFunction<F>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& grad_out, const Tensor& x,
                                const OptTensor& bias, const OptTensor& valid, const PackedCallArgs& a) {
-    ctx->save_for_backward({grad_out, x, defined_or_not(bias), defined_or_not(valid)});
-    a.save(ctx);
+    save_packed_backward(ctx, grad_out, x, bias, valid, a);
     auto [grad_x, grad_bias] =
         below_autograd(ops(F).glu_backward_bias, grad_out, x, a.dim, a.function, a.layout,
                        a.alpha, a.limit, bias, valid);
@@ -126,12 +138,7 @@ struct GluBackwardBiasFunction : torch::autograd::Function<GluBackwardBiasFuncti
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    const auto a = PackedCallArgs::load(ctx);
-    auto [grad_grad_out, grad_x] = ops(F).glu_double_backward.call(
-        with_bias_cotangent(grads[0], grads[1]), s[0], s[1], a.dim, a.function, a.layout,
-        a.alpha, a.limit, opt(s[2]), opt(s[3]));
-    return {grad_grad_out, grad_x, sum_rows(grad_x, s[2]), Tensor(), Tensor()};
+    return packed_double_backward<F>(ctx, with_bias_cotangent(grads[0], grads[1]));
   }
 };
 
@@ -162,16 +169,35 @@ struct GluForwardFunction : torch::autograd::Function<GluForwardFunction<F>> {
   }
 };
 
-// gated's tensors after grad_out: gate, value, gate_bias, value_bias, valid_tokens.
+// gated_backward and gated_backward_bias likewise: the same inputs saved (gated's tensors
+// after grad_out: gate, value, gate_bias, value_bias, valid_tokens), differentiated as
+// gated_double_backward gives for the cotangents of grad_gate and grad_value.
+void save_gated_backward(AutogradContext* ctx, const Tensor& grad_out, const Tensor& gate,
+                         const Tensor& value, const OptTensor& gate_bias,
+                         const OptTensor& value_bias, const OptTensor& valid,
+                         std::string_view activation) {
+  ctx->save_for_backward({grad_out, gate, value, defined_or_not(gate_bias),
+                          defined_or_not(value_bias), defined_or_not(valid)});
+  save_activation(ctx, activation);
+}
+
+template <Family F>
+variable_list gated_double_backward(AutogradContext* ctx, const variable_list& s,
+                                    const Tensor& cotangent_gate, const Tensor& cotangent_value) {
+  auto [grad_grad_out, grad_gate, grad_value] = ops(F).gated_double_backward.call(
+      cotangent_gate, cotangent_value, s[0], s[1], s[2], load_activation(ctx), opt(s[3]),
+      opt(s[4]), opt(s[5]));
+  return {grad_grad_out, grad_gate, grad_value, sum_rows(grad_gate, s[3]),
+          sum_rows(grad_value, s[4]), Tensor(), Tensor()};
+}
+
 template <Family F>
 struct GatedBackwardFunction : torch::autograd::Function<GatedBackwardFunction<F>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& grad_out, const Tensor& gate,
                                const Tensor& value, const OptTensor& gate_bias,
                                const OptTensor& value_bias, const OptTensor& valid,
                                std::string_view activation) {
-    ctx->save_for_backward({grad_out, gate, value, defined_or_not(gate_bias),
-                            defined_or_not(value_bias), defined_or_not(valid)});
-    save_activation(ctx, activation);
+    save_gated_backward(ctx, grad_out, gate, value, gate_bias, value_bias, valid, activation);
     auto [grad_gate, grad_value] =
         below_autograd(ops(F).gated_backward, grad_out, gate, value, activation, gate_bias,
                        value_bias, valid);
@@ -179,12 +205,7 @@ struct GatedBackwardFunction : torch::autograd::Function<GatedBackwardFunction<F
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    auto [grad_grad_out, grad_gate, grad_value] = ops(F).gated_double_backward.call(
-        grads[0], grads[1], s[0], s[1], s[2], load_activation(ctx), opt(s[3]), opt(s[4]),
-        opt(s[5]));
-    return {grad_grad_out, grad_gate, grad_value, sum_rows(grad_gate, s[3]),
-            sum_rows(grad_value, s[4]), Tensor(), Tensor()};
+    return gated_double_backward<F>(ctx, ctx->get_saved_variables(), grads[0], grads[1]);
   }
 };
 
@@ -194,9 +215,7 @@ struct GatedBackwardBiasFunction : torch::autograd::Function<GatedBackwardBiasFu
                                const Tensor& value, const OptTensor& gate_bias,
                                const OptTensor& value_bias, const OptTensor& valid,
                                std::string_view activation) {
-    ctx->save_for_backward({grad_out, gate, value, defined_or_not(gate_bias),
-                            defined_or_not(value_bias), defined_or_not(valid)});
-    save_activation(ctx, activation);
+    save_gated_backward(ctx, grad_out, gate, value, gate_bias, value_bias, valid, activation);
     auto [grad_gate, grad_value, grad_gate_bias, grad_value_bias] =
         below_autograd(ops(F).gated_backward_bias, grad_out, gate, value, activation,
                        gate_bias, value_bias, valid);
@@ -205,12 +224,9 @@ struct GatedBackwardBiasFunction : torch::autograd::Function<GatedBackwardBiasFu
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    auto [grad_grad_out, grad_gate, grad_value] = ops(F).gated_double_backward.call(
-        with_bias_cotangent(grads[0], s[3].defined() ? grads[2] : Tensor()),
-        with_bias_cotangent(grads[1], s[4].defined() ? grads[3] : Tensor()), s[0], s[1], s[2],
-        load_activation(ctx), opt(s[3]), opt(s[4]), opt(s[5]));
-    return {grad_grad_out, grad_gate, grad_value, sum_rows(grad_gate, s[3]),
-            sum_rows(grad_value, s[4]), Tensor(), Tensor()};
+    return gated_double_backward<F>(
+        ctx, s, with_bias_cotangent(grads[0], s[3].defined() ? grads[2] : Tensor()),
+        with_bias_cotangent(grads[1], s[4].defined() ? grads[3] : Tensor()));
   }
 };
 

@@ -428,6 +428,17 @@ void plan_bias_partials(RowPlan& rows, const Tensor& like, const PairLayout& in,
   if (kPoisonOutputs) rows.partials.fill_(std::numeric_limits<double>::quiet_NaN());
 }
 
+// A backward's rows (its layouts planned, unless the call is empty): the bias and counts,
+// the gradients' layout split into rows like the inputs', and with bias_grad the partials,
+// for rows of row_len (none for an empty call, whose bias gradient is then zeros).
+void plan_backward_rows(BackwardPlan& plan, const RowArgs& rows, const Tensor& like,
+                        int64_t row_len, bool packed, bool interleaved, bool gate_is_second,
+                        bool bias_grad) {
+  plan.rows = plan_rows(rows, like, plan.in, packed, interleaved, gate_is_second);
+  if (rows.any() && like.numel() != 0) split_into_rows(plan.grad_in, plan.in.run_len);
+  if (bias_grad) plan_bias_partials(plan.rows, like, plan.in, row_len);
+}
+
 }  // namespace
 
 ForwardPlan plan_glu_forward(const Tensor& x, int64_t dim, std::string_view function,
@@ -459,25 +470,18 @@ BackwardPlan plan_glu_backward(const Tensor& grad_out, const Tensor& x, int64_t 
   plan.op = args.op;
   plan.grad_first = new_result(x.sizes(), x);
   const bool second = args.function->gate_is_second;
-  if (x.numel() == 0) {
-    plan.rows = plan_rows(rows, x, plan.in, true, args.interleaved, second);
-    if (bias_grad) plan_bias_partials(plan.rows, x, plan.in, x.size(-1) / 2);
-    return plan;
+  if (x.numel() != 0) {
+    const Pairs in = packed_pairs(x, args.dim, args.interleaved, second);
+    const Pairs grad = packed_pairs(plan.grad_first, args.dim, args.interleaved, second);
+    plan.in = in.layout;
+    plan.gate = {in.base, in.gate_offset};
+    plan.value = {in.base, in.value_offset};
+    plan.grad_out = grad_out.contiguous();
+    plan.grad_in = grad.layout;
+    plan.grad_gate = {plan.grad_first, grad.gate_offset};
+    plan.grad_value = {plan.grad_first, grad.value_offset};
   }
-  const Pairs in = packed_pairs(x, args.dim, args.interleaved, second);
-  const Pairs grad = packed_pairs(plan.grad_first, args.dim, args.interleaved, second);
-  plan.in = in.layout;
-  plan.gate = {in.base, in.gate_offset};
-  plan.value = {in.base, in.value_offset};
-  plan.grad_out = grad_out.contiguous();
-  plan.grad_in = grad.layout;
-  plan.grad_gate = {plan.grad_first, grad.gate_offset};
-  plan.grad_value = {plan.grad_first, grad.value_offset};
-  if (rows.any()) {
-    plan.rows = plan_rows(rows, x, plan.in, true, args.interleaved, second);
-    split_into_rows(plan.grad_in, plan.in.run_len);
-    if (bias_grad) plan_bias_partials(plan.rows, x, plan.in, plan.in.run_len);
-  }
+  plan_backward_rows(plan, rows, x, x.size(-1) / 2, true, args.interleaved, second, bias_grad);
   return plan;
 }
 
@@ -520,26 +524,20 @@ BackwardPlan plan_gated_backward(const Tensor& grad_out, const Tensor& gate_in,
   TORCH_INTERNAL_ASSERT(!bias_grad || rows.gate_bias || rows.value_bias);
   plan.grad_first = new_result(gate_in.sizes(), gate_in);
   plan.grad_second = new_result(gate_in.sizes(), gate_in);
-  if (gate_in.numel() == 0) {
-    plan.rows = plan_rows(rows, gate_in, plan.in, false, false, false);
-    if (bias_grad) plan_bias_partials(plan.rows, gate_in, plan.in, gate_in.dim() ? gate_in.size(-1) : 0);
-    return plan;
+  if (gate_in.numel() != 0) {
+    Tensor gate = gate_in, value = value_in;
+    plan.in = gated_layout(gate, value);
+    plan.gate = {gate};
+    plan.value = {value};
+    plan.grad_out = grad_out.contiguous();
+    // The gradients are dense: the same rows, one after another.
+    plan.grad_in = plan.in;
+    plan.grad_in.outer_stride = plan.in.run_len;
+    plan.grad_gate = {plan.grad_first};
+    plan.grad_value = {plan.grad_second};
   }
-  Tensor gate = gate_in, value = value_in;
-  plan.in = gated_layout(gate, value);
-  plan.gate = {gate};
-  plan.value = {value};
-  plan.grad_out = grad_out.contiguous();
-  // The gradients are dense: the same rows, one after another.
-  plan.grad_in = plan.in;
-  plan.grad_in.outer_stride = plan.in.run_len;
-  plan.grad_gate = {plan.grad_first};
-  plan.grad_value = {plan.grad_second};
-  if (rows.any()) {
-    plan.rows = plan_rows(rows, gate, plan.in, false, false, false);
-    split_into_rows(plan.grad_in, plan.in.run_len);
-    if (bias_grad) plan_bias_partials(plan.rows, gate, plan.in, plan.in.run_len);
-  }
+  const int64_t row_len = gate_in.dim() ? gate_in.size(-1) : 0;
+  plan_backward_rows(plan, rows, gate_in, row_len, false, false, false, bias_grad);
   return plan;
 }
 
