@@ -68,7 +68,7 @@ OLDEST := $(OLDEST_VENV)/bin/python
 NVCC_ONLY_SUITES := tests/test_cuda_codegen.py tests/test_cuda_occupancy.py \
 	tests/test_cuda_sass.py tests/test_cuda_division.py
 OLDEST_PACKAGES := torch==2.11.0 triton==3.6.0 "setuptools>=64" wheel ninja "pytest>=7" \
-	pytest-xdist numpy expecttest "transformers>=5" matplotlib
+	pytest-xdist numpy expecttest "transformers>=5" matplotlib parameterized
 # Its CPU kernels are built for the one SIMD level torch runs here (GLU_FUSED_CPU_CAPABILITY):
 # what is checked is torch 2.11's API, and `make test` has built and run every level.
 test-oldest:
@@ -93,7 +93,8 @@ gpu-check-dry-run:
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PIP) install triton
-	$(PIP) install -q "setuptools>=64" wheel ninja "pytest>=7" pytest-xdist numpy expecttest ruff
+	$(PIP) install -q "setuptools>=64" wheel ninja "pytest>=7" pytest-xdist numpy expecttest ruff \
+		parameterized
 	@$(PYTHON) -c "import transformers" 2>/dev/null || $(PIP) install -q "transformers>=5"
 	$(MAKE) bench-deps
 
