@@ -377,6 +377,17 @@ void gated_backward_in_place(const Tensor& grad_out, const Tensor& gate, const T
 }
 
 template <Family F>
+std::tuple<Tensor, Tensor> gated_backward_in_place_bias(const Tensor& grad_out, const Tensor& gate,
+                                                        const Tensor& value,
+                                                        std::string_view activation) {
+  refuse_gradients(torch::autograd::compute_requires_grad(grad_out, gate, value));
+  auto grads =
+      below_autograd(ops(F).gated_backward_in_place_bias, grad_out, gate, value, activation);
+  for (const Tensor& t : {grad_out, gate, value}) torch::autograd::impl::bump_version(t);
+  return grads;
+}
+
+template <Family F>
 void impl_autograd(torch::Library& m) {
   const std::string prefix = kFamilyPrefixes[static_cast<int>(F)];
   m.impl((prefix + "glu_forward").c_str(), &glu_forward<F>);
@@ -386,6 +397,7 @@ void impl_autograd(torch::Library& m) {
   m.impl((prefix + "glu_backward_bias").c_str(), &glu_backward_bias<F>);
   m.impl((prefix + "gated_backward_bias").c_str(), &gated_backward_bias<F>);
   m.impl((prefix + "gated_backward_in_place").c_str(), &gated_backward_in_place<F>);
+  m.impl((prefix + "gated_backward_in_place_bias").c_str(), &gated_backward_in_place_bias<F>);
 }
 
 }  // namespace

@@ -71,8 +71,9 @@ struct BackwardCall {
   // The bias and token counts, as ForwardCall's. Rows refused by rows.row_valid() are not
   // read; their gradients are written as zeros.
   RowOptions rows = {};
-  // The bias gradient's partial sums, when not nullptr (only with a bias): of the compute
-  // type (float; double for double inputs), dense [ceil(runs / kBiasTileRows), 2, run_len];
+  // The bias gradient's partial sums, when not nullptr (with a bias, or in the in-place form,
+  // whose gate and value already hold their bias): of the compute type (float; double for
+  // double inputs), dense [ceil(runs / kBiasTileRows), 2, run_len];
   // partials[t][0][e] is the sum, over the valid rows r of tile t (kBiasTileRows * t <= r <
   // kBiasTileRows * (t + 1)), of the gate gradient at (r, e) in the compute type before its
   // rounding to the input's dtype; partials[t][1][e] the value gradient's. Each a fixed

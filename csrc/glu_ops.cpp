@@ -139,6 +139,15 @@ void gated_backward_in_place(const Tensor& grad_out, const Tensor& gate, const T
   run(plan_gated_backward_in_place(grad_out, gate, value, activation), gate);
 }
 
+std::tuple<Tensor, Tensor> gated_backward_in_place_bias(const Tensor& grad_out, const Tensor& gate,
+                                                        const Tensor& value,
+                                                        std::string_view activation) {
+  const BackwardPlan plan =
+      run(plan_gated_backward_in_place(grad_out, gate, value, activation, true), gate);
+  const auto grads = plan.rows.bias_grads(gate.scalar_type());
+  return {grads[0], grads[1]};
+}
+
 // FP8 output. The CUDA kernels take the per-tensor amax between two launches in a zeroed
 // word of the device's (stream-ordered: freed after the launches are queued).
 void launch(const Tensor& like, const Fp8Call& call) {
@@ -295,6 +304,18 @@ void gated_backward_in_place_meta(const Tensor& grad_out, const Tensor& gate, co
   check_gated_grad(grad_out, gate);
 }
 
+std::tuple<Tensor, Tensor> gated_backward_in_place_bias_meta(const Tensor& grad_out,
+                                                             const Tensor& gate,
+                                                             const Tensor& value,
+                                                             std::string_view activation) {
+  gated_backward_in_place_meta(grad_out, gate, value, activation);
+  TORCH_CHECK_VALUE(gate.dim() > 0,
+                    "glu_fused: a bias gradient needs gate and value of at least one dim");
+  const auto bias_shape = std::vector<c10::SymInt>{gate.sym_size(-1)};
+  return {at::empty_symint(bias_shape, gate.options()),
+          at::empty_symint(bias_shape, gate.options())};
+}
+
 std::string op_name(Family family, const char* op) {
   return std::string(kFamilyPrefixes[static_cast<int>(family)]) + op;
 }
@@ -323,6 +344,10 @@ void define_family(torch::Library& m, Family family) {
       "Tensor? value_bias, Tensor? valid_tokens=None) -> (Tensor, Tensor, Tensor, Tensor)");
   def("gated_backward_in_place",
       "(Tensor(a!) grad_out, Tensor(b!) gate, Tensor(c!) value, str activation) -> ()");
+  // The same, and the gradients of the biases that gate and value hold (summed over rows).
+  def("gated_backward_in_place_bias",
+      "(Tensor(a!) grad_out, Tensor(b!) gate, Tensor(c!) value, str activation) "
+      "-> (Tensor, Tensor)");
 }
 
 void impl_meta(torch::Library& m, Family family) {
@@ -333,6 +358,8 @@ void impl_meta(torch::Library& m, Family family) {
   m.impl(op_name(family, "glu_backward_bias").c_str(), &glu_backward_bias_meta);
   m.impl(op_name(family, "gated_backward_bias").c_str(), &gated_backward_bias_meta);
   m.impl(op_name(family, "gated_backward_in_place").c_str(), &gated_backward_in_place_meta);
+  m.impl(op_name(family, "gated_backward_in_place_bias").c_str(),
+         &gated_backward_in_place_bias_meta);
 }
 
 void impl_native(torch::Library& m) {
@@ -343,6 +370,7 @@ void impl_native(torch::Library& m) {
   m.impl("glu_backward_bias", &glu_backward_bias);
   m.impl("gated_backward_bias", &gated_backward_bias);
   m.impl("gated_backward_in_place", &gated_backward_in_place);
+  m.impl("gated_backward_in_place_bias", &gated_backward_in_place_bias);
 }
 
 template <typename Signature>
@@ -362,7 +390,8 @@ Ops find_ops(Family family) {
           find<GatedBackwardBias>(name("gated_backward_bias")),
           find<GluDoubleBackward>("glu_double_backward"),
           find<GatedDoubleBackward>("gated_double_backward"),
-          find<GatedBackwardInPlace>(name("gated_backward_in_place"))};
+          find<GatedBackwardInPlace>(name("gated_backward_in_place")),
+          find<GatedBackwardInPlaceBias>(name("gated_backward_in_place_bias"))};
 }
 
 }  // namespace

@@ -50,6 +50,8 @@ using GatedDoubleBackward = std::tuple<Tensor, Tensor, Tensor>(
     const OptTensor&, const OptTensor&, const OptTensor&);
 // The in-place backward op writes its results over its arguments (see glu_plan.h).
 using GatedBackwardInPlace = void(const Tensor&, const Tensor&, const Tensor&, std::string_view);
+using GatedBackwardInPlaceBias = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                            const Tensor&, std::string_view);
 
 // A family's ops, found in the dispatcher once.
 struct Ops {
@@ -62,6 +64,7 @@ struct Ops {
   c10::TypedOperatorHandle<GluDoubleBackward> glu_double_backward;
   c10::TypedOperatorHandle<GatedDoubleBackward> gated_double_backward;
   c10::TypedOperatorHandle<GatedBackwardInPlace> gated_backward_in_place;
+  c10::TypedOperatorHandle<GatedBackwardInPlaceBias> gated_backward_in_place_bias;
 };
 
 const Ops& ops(Family family);

@@ -581,20 +581,28 @@ const char* kNotInPlace =
 }  // namespace
 
 BackwardPlan plan_gated_backward_in_place(const Tensor& grad_out, const Tensor& gate,
-                                         const Tensor& value, std::string_view activation) {
+                                         const Tensor& value, std::string_view activation,
+                                         bool bias_grad) {
   BackwardPlan plan;
   plan.op = check_gated(gate, value, activation);
   check_gated_grad(grad_out, gate);
+  TORCH_CHECK_VALUE(!bias_grad || gate.dim() > 0,
+                    "glu_fused: a bias gradient needs gate and value of at least one dim");
   check_in_place(grad_out, {gate, value});
   at::assert_no_overlap(gate, value);
-  if (gate.numel() == 0) return plan;
-  TORCH_CHECK_VALUE(gate.strides() == value.strides() &&
-                        (rows_layout(gate, plan.in) || pairs_layout(gate, value, plan.in)),
-                    kNotInPlace);
-  plan.grad_in = plan.in;
-  plan.gate = plan.grad_gate = {gate};
-  plan.value = plan.grad_value = {value};
-  plan.grad_out = plan.out = grad_out;
+  if (gate.numel() != 0) {
+    TORCH_CHECK_VALUE(gate.strides() == value.strides() &&
+                          (rows_layout(gate, plan.in) || pairs_layout(gate, value, plan.in)),
+                      kNotInPlace);
+    plan.gate = plan.grad_gate = {gate};
+    plan.value = plan.grad_value = {value};
+    plan.grad_out = plan.out = grad_out;
+    // The bias gradient's partials are a tile of rows each: one run per row.
+    if (bias_grad) split_into_rows(plan.in, gate.size(-1));
+    plan.grad_in = plan.in;
+  }
+  // An empty call's partials are [0, 2, row_len]: its bias gradients are zeros.
+  if (bias_grad) plan_bias_partials(plan.rows, gate, plan.in, gate.size(-1));
   return plan;
 }
 

@@ -126,9 +126,12 @@ BackwardPlan plan_gated_backward(const at::Tensor& grad_out, const at::Tensor& g
 // The in-place backward: act(gate) * value written over grad_out, the gradients over gate and
 // value. The tensors must be read in place (no copy), distinct and without internal overlap:
 // rows of a last dim of stride 1, or gate and value interleaved in one buffer (the halves or
-// the even and odd positions of a packed projection).
+// the even and odd positions of a packed projection). With bias_grad the kernel also sums
+// the gradients' partials (rows.partials): the gradients of a bias that gate and value
+// already hold (GatedMLP's projections' biases), which RowPlan::bias_grads gives.
 BackwardPlan plan_gated_backward_in_place(const at::Tensor& grad_out, const at::Tensor& gate,
-                                         const at::Tensor& value, std::string_view activation);
+                                         const at::Tensor& value, std::string_view activation,
+                                         bool bias_grad = false);
 
 // ---- FP8 output (docs/contract.md, "FP8 output") ------------------------------------------
 

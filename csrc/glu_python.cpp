@@ -310,8 +310,30 @@ void define_plans(py::module_& m) {
         return backward_in_place_launch(
             plan_gated_backward_in_place(grad_out, gate, value, activation));
       },
+      arg("grad_out"), arg("gate"), arg("value"), arg("activation"),
       "The launch (or None) of gated_backward_in_place's arguments, checked: pointers to "
       "gate, value and grad_out, each written over.");
+  m.def(
+      "plan_gated_backward_in_place_bias",
+      [](const Tensor& grad_out, const Tensor& gate, const Tensor& value,
+         std::string_view activation) {
+        auto plan = std::make_shared<BackwardPlan>(
+            plan_gated_backward_in_place(grad_out, gate, value, activation, true));
+        py::object launch = backward_launch(*plan);
+        if (!launch.is_none()) {
+          py::dict d = launch;
+          d["in_place"] = true;
+        }
+        const auto dtype = gate.scalar_type();
+        py::object finish =
+            py::cpp_function([plan, dtype] { return bias_grads_of(*plan, dtype); });
+        return py::make_tuple(launch, finish);
+      },
+      arg("grad_out"), arg("gate"), arg("value"), arg("activation"),
+      "(launch or None, finish) of gated_backward_in_place_bias's arguments, checked: a "
+      "backward's launch whose gradients are gate and value (\"in_place\": act(gate) * value "
+      "over grad_out) and which sums the bias gradient's partials; finish() gives "
+      "(grad_gate_bias, grad_value_bias) once the kernel has run.");
 }
 
 // ---- the table and the build ---------------------------------------------------------------

@@ -141,13 +141,6 @@ def gated_double_backward(
     return tuple(t.to(gate.dtype) for t in out)
 
 
-def _join(first: torch.Tensor, second: torch.Tensor, dim: int, interleaved: bool) -> torch.Tensor:
-    """The inverse of reference.split: halves, or even and odd positions, along dim."""
-    if interleaved:
-        return torch.stack((first, second), dim + 1).flatten(dim, dim + 1)
-    return torch.cat((first, second), dim)
-
-
 def packed_double_backward(
     grad_grad_x,
     grad_out,
@@ -177,16 +170,25 @@ def packed_double_backward(
         gg_g, gg_v, _rows(grad_out, None, mask), g, v, f.activation.name, alpha, limit
     )
     halves = (d_v, d_g) if f.gate_is_second else (d_g, d_v)
-    d_x = _join(*halves, dim, interleaved)
+    d_x = reference.join(*halves, dim, interleaved)
     return d_dy.to(x.dtype), d_x.to(x.dtype)
 
 
 def gated_backward_in_place(
-    grad_out: torch.Tensor, gate: torch.Tensor, value: torch.Tensor, activation: str
-) -> None:
+    grad_out: torch.Tensor,
+    gate: torch.Tensor,
+    value: torch.Tensor,
+    activation: str,
+    bias_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The gated_backward_in_place op's reference: gated(gate, value) over grad_out, and the
     gradients of gate and value for the upstream gradient grad_out over them. Plain tensor
-    arithmetic, no autograd: it runs inside backward passes, below autograd."""
+    arithmetic, no autograd: it runs inside backward passes, below autograd. With bias_grad
+    (gated_backward_in_place_bias), also the gradients of the biases gate and value hold:
+    the gradients in the compute type, before their rounding, summed over every dim but the
+    last, in the inputs' dtype."""
+    if bias_grad and gate.dim() == 0:
+        raise ValueError("glu_fused: a bias gradient needs gate and value of at least one dim")
     m = reference.opmath
     a, a1, _ = gate_terms(m(gate), activation, 0, 0)
     v, dy = m(value), m(grad_out)
@@ -194,3 +196,7 @@ def gated_backward_in_place(
     grad_out.copy_(out)
     gate.copy_(d_gate)
     value.copy_(d_value)
+    if not bias_grad:
+        return None
+    rows = tuple(range(gate.dim() - 1))
+    return d_gate.sum(rows).to(gate.dtype), d_value.sum(rows).to(gate.dtype)

@@ -67,6 +67,10 @@ class Block:
         """Views of the gate and up parts of a fused projection's output."""
         return reference.split(gate_up, gate_up.dim() - 1, self.layout == "interleaved")
 
+    def join(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """A fused projection's tensor from its gate and up parts (split's inverse)."""
+        return reference.join(gate, up, gate.dim() - 1, self.layout == "interleaved")
+
     def activate(
         self,
         gate: torch.Tensor,
@@ -217,13 +221,18 @@ class LeanGatedMLP(torch.autograd.Function):
         gate, up = _gate_and_up(projections, block)[:2]
         h = dy.matmul(w_down)  # dh, until the in-place pass writes h over it
         ctx.spent = True
-        _in_place(h, gate, up, block.activation)
+        # The projections' biases' gradients, where asked, are summed by the same pass.
+        bias_grad = any(ctx.needs_input_grad[4 + n : 4 + 2 * n])
+        sums = _in_place(h, gate, up, block.activation, bias_grad)
         del gate, up
         # The projections now hold their own gradients. _grads gets the only references to
         # them and to h, in lists it empties as it goes, so that each dies once used.
         held = [h]
         del h
-        return _grads(ctx, dy, x, weights, biases, held, projections)
+        bias_grads = None
+        if sums is not None:
+            bias_grads = [block.join(*sums)] if block.layout is not None else list(sums)
+        return _grads(ctx, dy, x, weights, biases, held, projections, bias_grads)
 
 
 def apply_linears(block: Block, x: torch.Tensor, projections, down) -> torch.Tensor:
@@ -262,25 +271,31 @@ def _unpack(ctx) -> list[torch.Tensor]:
     return projections
 
 
-def _in_place(dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str) -> None:
+def _in_place(
+    dh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str, bias_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """h over dh, the gradients over gate and up, below autograd and its version counting
-    (the projections are this function's own intermediates, which nothing else holds).
-    torch.compile traces the op itself (its graphs keep their own copies of saved tensors)."""
+    (the projections are this function's own intermediates, which nothing else holds), and
+    with bias_grad the gradients of the biases they hold (gate's, up's), summed by the same
+    pass. torch.compile traces the op itself (its graphs keep their own copies of saved
+    tensors)."""
     backend = backends.route(dh.device.type)
     if torch.compiler.is_compiling():
-        backend.gated_backward_in_place(dh, gate, up, activation)
-        return
+        return backend.gated_backward_in_place(dh, gate, up, activation, bias_grad)
     with torch._C._AutoDispatchBelowADInplaceOrView():
-        backend.gated_backward_in_place(dh, gate, up, activation)
+        return backend.gated_backward_in_place(dh, gate, up, activation, bias_grad)
 
 
-def _grads(ctx, dy, x, weights, biases, held, d_projections) -> tuple[torch.Tensor | None, ...]:
+def _grads(
+    ctx, dy, x, weights, biases, held, d_projections, bias_grads=None
+) -> tuple[torch.Tensor | None, ...]:
     """Step 3: every gradient autograd asks for, from h (the one tensor in `held`) and the
     projections' gradients (`d_projections`), each list emptied as its tensors are used, so that
-    they are freed as soon as nothing else holds them. The weights' gradients are the largest
-    tensors backward allocates; they are taken in the order whose peak is lower (see
-    _down_first): usually the projections' first (and x's), then the down projection's with h
-    alone left alive."""
+    they are freed as soon as nothing else holds them; the projections' biases' gradients
+    from `bias_grads` where the in-place pass summed them, else from d_projections. The
+    weights' gradients are the largest tensors backward allocates; they are taken in the
+    order whose peak is lower (see _down_first): usually the projections' first (and x's),
+    then the down projection's with h alone left alive."""
     need = ctx.needs_input_grad  # (block, x, w_down, b_down, *weights, *biases)
     n = len(weights)
     dy2, x2 = _flat(dy), _flat(x)
@@ -297,7 +312,7 @@ def _grads(ctx, dy, x, weights, biases, held, d_projections) -> tuple[torch.Tens
         if need[4 + i]:
             grads[4 + i] = d.t().matmul(x2)
         if need[4 + n + i]:
-            grads[4 + n + i] = d.sum(0)
+            grads[4 + n + i] = d.sum(0) if bias_grads is None else bias_grads[i]
         if need[1]:
             if dx is None:
                 dx = d.matmul(weights[i])

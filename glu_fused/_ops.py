@@ -68,6 +68,8 @@ class OpFamily:
     tangent: Callable[..., torch.Tensor]
     # The backward written over its arguments (GatedMLP's backward; gated only): no autograd.
     backward_in_place: OpOverload | None
+    # The same, which also returns the gradients of the biases gate and value hold.
+    backward_in_place_bias: OpOverload | None
 
     def backward_tuple(self, grad: torch.Tensor, tensors, args) -> tuple[torch.Tensor, ...]:
         out = self.backward(grad, *tensors, *args)
@@ -99,6 +101,7 @@ def _family(name: str) -> tuple[OpFamily, OpFamily]:
         dim_arg=0,
         tangent=_packed_tangent,
         backward_in_place=None,
+        backward_in_place_bias=None,
     )
     gated = OpFamily(
         forward=getattr(_ops, f"{prefix}gated_forward").default,
@@ -108,6 +111,7 @@ def _family(name: str) -> tuple[OpFamily, OpFamily]:
         dim_arg=None,
         tangent=_gated_tangent,
         backward_in_place=getattr(_ops, f"{prefix}gated_backward_in_place").default,
+        backward_in_place_bias=getattr(_ops, f"{prefix}gated_backward_in_place_bias").default,
     )
     return packed, gated
 

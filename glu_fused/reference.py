@@ -33,6 +33,13 @@ def split(x: torch.Tensor, dim: int, interleaved: bool) -> tuple[torch.Tensor, t
     return x.chunk(2, dim)
 
 
+def join(first: torch.Tensor, second: torch.Tensor, dim: int, interleaved: bool) -> torch.Tensor:
+    """The inverse of split: halves, or even and odd positions, along dim."""
+    if interleaved:
+        return torch.stack((first, second), dim + 1).flatten(dim, dim + 1)
+    return torch.cat((first, second), dim)
+
+
 # Stable forms. torch.sigmoid's gradient s * (1 - s) loses all relative accuracy for large
 # x (1 - s cancels), and F.gelu's 1 + erf(x / sqrt 2) for negative x, even in float64. The
 # reference must be more accurate than what it checks, so it is written in forms that keep

@@ -101,6 +101,18 @@ def ref(name: str):
     return getattr(reference, name)
 
 
+def check_bias_grad(got, want, input_grad, dtype, what):
+    """A bias gradient, a float32 sum over the rows of the input gradient, against the
+    reference's: within the dtype's bound of it plus float32's relative error of the sum of
+    the terms' magnitudes (the bound of a float32 sum, whatever the cancellation)."""
+    assert got.dtype == dtype and got.shape == want.shape, what
+    rtol, atol = TOLERANCES[dtype]
+    magnitude = input_grad.detach().abs().reshape(-1, got.shape[0]).sum(0)
+    bound = atol + rtol * want.abs() + TOLERANCES[torch.float32][0] * magnitude
+    err = (got.double() - want.double()).abs()
+    assert bool((err <= bound).all()), f"{what}: worst {(err - bound).max().item():.3e} over"
+
+
 def random_input(shape, dtype, device="cpu", scale=3.0) -> torch.Tensor:
     """Fresh random values, never zeros: normal with a spread that exercises the gates."""
     return (torch.randn(shape, dtype=torch.float64, device=device) * scale).to(dtype)

@@ -366,19 +366,27 @@ def test_the_bias_benchmark_checks_its_contenders_and_writes_its_tables(tmp_path
 
     bias.main(
         ["--tokens", "8", "--hidden", "64", "--moe-tokens", "16", "--moe-hidden", "32",
-         "--experts", "2", "--out", str(tmp_path)]
+         "--experts", "2", "--mlp-tokens", "8", "--mlp-hidden", "16",
+         "--mlp-intermediate", "24", "--out", str(tmp_path)]
     )  # fmt: skip
     rows = json.loads((tmp_path / "bias.json").read_text())
     assert [r["case"] for r in rows] == [
         *["bias forward", "bias forward+backward"] * 2,
+        *["MLP bias, training step"] * 2,
         "MoE 25% valid",
         "MoE 100% valid",
     ]
     for row in rows[:4]:
         assert set(row["ms"]) == {"ours", "eager", "compile"}
         assert max(row["error"].values()) < 0.02
+    for row in rows[4:6]:
+        assert set(row["ms"]) == {"ours", "ours, bias summed apart", "eager", "compile"}
+        assert max(row["error"].values()) < 0.02
     table = (tmp_path / "bias.md").read_text()
     assert "| case | shape | dtype | ours ms | eager ms | compile ms |" in table
+    # The ablation is no peer: the best peer is one of the users' contenders.
+    assert "vs ours, bias summed apart" not in table
+    assert bias._peers(rows[4]) == ["eager", "compile"]
     assert "| MoE 25% valid | 2x16x64 | bfloat16 |" in table
 
 

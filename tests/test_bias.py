@@ -32,6 +32,7 @@ from conftest import (
     FUNCTIONS,
     LAYOUTS,
     backend_params,
+    check_bias_grad,
     combinations,
     device_of,
     fused,
@@ -42,7 +43,7 @@ from conftest import (
 
 import glu_fused
 from glu_fused import _fp8, reference
-from glu_fused.testing import TOLERANCES, assert_matches
+from glu_fused.testing import assert_matches
 
 BACKENDS = backend_params()
 OP_BACKENDS = backend_params(("cpu", "cuda", "triton"))
@@ -59,18 +60,6 @@ def _input(shape_name, dtype, device):
 
 def _grads(out, inputs, upstream):
     return torch.autograd.grad(out, [t for t in inputs if t is not None], upstream)
-
-
-def _check_bias_grad(got, want, input_grad, dtype, what):
-    """A bias gradient, a float32 sum over the rows of the input gradient, against the
-    reference's: within the dtype's bound of it plus float32's relative error of the sum of
-    the terms' magnitudes (the bound of a float32 sum, whatever the cancellation)."""
-    assert got.dtype == dtype and got.shape == want.shape, what
-    rtol, atol = TOLERANCES[dtype]
-    magnitude = input_grad.detach().abs().reshape(-1, got.shape[0]).sum(0)
-    bound = atol + rtol * want.abs() + TOLERANCES[torch.float32][0] * magnitude
-    err = (got.double() - want.double()).abs()
-    assert bool((err <= bound).all()), f"{what}: worst {(err - bound).max().item():.3e} over"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -98,7 +87,7 @@ def test_packed_bias_matches_the_reference(backend):
             gx, gb = _grads(out, (x, b), upstream)
             wx, wb = _grads(want, (x64, b64), upstream.double())
             assert_matches(gx, wx, dtype, what + " grad x")
-            _check_bias_grad(gb, wb, wx, dtype, what + " grad bias")
+            check_bias_grad(gb, wb, wx, dtype, what + " grad bias")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -140,7 +129,7 @@ def test_gated_bias_matches_the_reference(backend):
             refs = {"gate": expected[0], "value": expected[1]}
             inputs = [name for name, t in (("gate", gb), ("value", vb)) if t is not None]
             for g, w, name in zip(got[2:], expected[2:], inputs):
-                _check_bias_grad(g, w, refs[name], dtype, what + f" grad {name}_bias")
+                check_bias_grad(g, w, refs[name], dtype, what + f" grad {name}_bias")
 
 
 def _counts(tokens, device):
@@ -206,7 +195,7 @@ def test_valid_tokens_gated_and_the_bias_gradient(backend):
         for g, w, what in zip(got[:2], expected[:2], ("gate", "value")):
             assert_matches(g, w, dtype, f"{backend} {dtype} grad {what}")
         for g, w, terms, what in zip(got[2:], expected[2:], expected[:2], ("gate", "value")):
-            _check_bias_grad(g, w, terms, dtype, f"{backend} {dtype} grad {what}_bias")
+            check_bias_grad(g, w, terms, dtype, f"{backend} {dtype} grad {what}_bias")
 
 
 @pytest.mark.parametrize("backend", OP_BACKENDS)

@@ -5,7 +5,12 @@ in-place backward op under it, on every backend.
 
 The in-place op: one item per backend and activation, looping over dtype x buffer kind x
 placement, in full where the kernels run natively, and in Triton's interpreter a covering
-design (those three in full, the activation varied)."""
+design (those three in full, the activation varied); each case also through the in-place op
+that sums the projections' biases' gradients (gated_backward_in_place_bias, which the block
+calls where a bias needs its gradient): its buffers bit for bit the plain op's, its sums
+against the float64 reference's; on the CPU their bits are the contract's order of
+summation (tiles of 64 rows in row order, then the tiles in order). Its errors, empty
+inputs and opcheck."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from conftest import (
     LAYOUTS,
     assert_matches,
     backend_params,
+    check_bias_grad,
     combinations,
     device_of,
     random_input,
@@ -81,20 +87,27 @@ def test_lean_block_in_low_precision(backend, layout, dtype):
     x = random_input((TOKENS, IN), dtype, device)
     seen = {}
 
-    def spy(dh, gate, up, activation, real=_gated_mlp._in_place):
+    def spy(dh, gate, up, activation, bias_grad, real=_gated_mlp._in_place):
         seen["inputs"] = (dh.clone(), gate.clone(), up.clone())
-        real(dh, gate, up, activation)
+        seen["sums"] = real(dh, gate, up, activation, bias_grad)
         seen["outputs"] = (dh, gate, up)
+        return seen["sums"]
 
     cotangent = random_input((TOKENS, OUT), dtype, device)
     with glu_fused.use_backend(backend), pytest.MonkeyPatch.context() as patch:
         patch.setattr(_gated_mlp, "_in_place", spy)
-        _run(lean, x, cotangent)
+        _, grads = _run(lean, x, cotangent)
     dh, gate, up = (t.double().requires_grad_() for t in seen["inputs"])
     h64 = reference.gated(gate, up, "silu")
     d_gate64, d_up64 = torch.autograd.grad(h64, (gate, up), dh)
     for got, want, what in zip(seen["outputs"], (h64, d_gate64, d_up64), ("h", "dgate", "dup")):
         assert_matches(got, want.detach(), dtype, what)
+    # The bias's gradient is the pass's sums, in the fused projection's layout.
+    d_gate_bias, d_up_bias = seen["sums"]
+    check_bias_grad(d_gate_bias, d_gate64.sum(0), d_gate64, dtype, "gate bias")
+    check_bias_grad(d_up_bias, d_up64.sum(0), d_up64, dtype, "up bias")
+    bias_grad = grads[1 + [n for n, _ in lean.named_parameters()].index("gate_up.bias")]
+    assert torch.equal(bias_grad, _gated_mlp.Block("silu", layout).join(d_gate_bias, d_up_bias))
 
 
 def _saved_elements_per_token(mlp, x) -> float:
@@ -265,14 +278,58 @@ def test_in_place_op_matches_the_reference(backend, activation):
 
 def _in_place_op(backend, activation, dtype, kind, placement):
     dh, gate, up = _buffers(kind, dtype, device_of(backend), placement)
+    summed = _copies((dh, gate, up))
     g64, u64 = (t.detach().double().requires_grad_() for t in (gate, up))
     h64 = reference.gated(g64, u64, activation)
     d_gate64, d_up64 = torch.autograd.grad(h64, (g64, u64), dh.double())
     with glu_fused.use_backend(backend):
-        glu_fused.backends.route(dh.device.type).gated_backward_in_place(dh, gate, up, activation)
+        route = glu_fused.backends.route(dh.device.type)
+        route.gated_backward_in_place(dh, gate, up, activation)
+        sums = route.gated_backward_in_place(*summed, activation, bias_grad=True)
     assert_matches(dh, h64.detach(), dtype, "h over dh")
     assert_matches(gate, d_gate64, dtype, "dgate over gate")
     assert_matches(up, d_up64, dtype, "dup over up")
+    what = f"{dtype} {kind} {placement}"
+    for got, want, name in zip(summed, (dh, gate, up), ("h", "dgate", "dup")):
+        assert torch.equal(got, want), f"{what}: {name}, summing the bias gradient"
+    check_bias_grad(sums[0], d_gate64.sum(0), d_gate64, dtype, f"{what}: gate bias")
+    check_bias_grad(sums[1], d_up64.sum(0), d_up64, dtype, f"{what}: up bias")
+
+
+def _copies(tensors):
+    """Copies of tensors in the same layouts, at the same places in storages of their own:
+    each storage cloned once, so that views of one buffer stay views of one buffer."""
+    storages = {}
+    copies = []
+    for t in tensors:
+        storage = t.untyped_storage()
+        clone = storages.setdefault(storage.data_ptr(), storage.clone())
+        copy = torch.empty(0, dtype=t.dtype, device=t.device)
+        copies.append(copy.set_(clone, t.storage_offset(), t.shape, t.stride()))
+    return copies
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu",)))
+def test_in_place_bias_gradient_is_summed_in_tiles_of_rows_in_order(backend):
+    """float32 (the gradients stored are the ones summed): each bias gradient is, bit for
+    bit, the float32 sum of tiles of 64 rows, each summed from its first row to its last,
+    then of the tiles in order, as the contract fixes it (on the CPU, natively and in the
+    CUDA kernels' emulation: a GPU sums the tiles by a reduction of its own)."""
+    rows, hidden = 64 * 3 + 5, HIDDEN
+    gate_up = random_input((rows, 2 * hidden), torch.float32)
+    dh = random_input((rows, hidden), torch.float32)
+    gate, up = reference.split(gate_up, 1, False)
+    with glu_fused.use_backend(backend):
+        route = glu_fused.backends.route("cpu")
+        sums = route.gated_backward_in_place(dh, gate, up, "silu", bias_grad=True)
+    for grad, got, what in zip((gate, up), sums, ("gate", "up")):
+        want = torch.zeros(hidden)
+        for tile in grad.split(64):
+            partial = torch.zeros(hidden)
+            for row in tile:
+                partial = partial + row
+            want = want + partial
+        assert torch.equal(got, want), what
 
 
 def test_reference_in_place_is_autograd_of_the_reference():
@@ -285,11 +342,13 @@ def test_reference_in_place_is_autograd_of_the_reference():
         torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("summing", [False, True], ids=["plain", "bias gradient"])
 @pytest.mark.parametrize("backend", backend_params(("cpu", "cuda", "triton")))
-def test_in_place_op_refuses_what_it_cannot_write_in_place(backend):
+def test_in_place_op_refuses_what_it_cannot_write_in_place(backend, summing):
     from glu_fused import _ops
 
-    op = _ops.GATED[glu_fused.backends.BACKENDS[backend].family].backward_in_place
+    ops = _ops.GATED[glu_fused.backends.BACKENDS[backend].family]
+    op = ops.backward_in_place_bias if summing else ops.backward_in_place
     device = device_of(backend)
     dh, gate, up = _buffers("two projections", torch.float32, device)
     with pytest.raises(ValueError, match="grad_out, which must be contiguous"):
@@ -303,6 +362,21 @@ def test_in_place_op_refuses_what_it_cannot_write_in_place(backend):
     versions = [t._version for t in (dh, up)]
     op(dh, gate.detach(), up, "silu")
     assert [t._version for t in (dh, up)] == [v + 1 for v in versions]
+    if summing:
+        scalars = [random_input((), torch.float32, device) for _ in range(3)]
+        with pytest.raises(ValueError, match="at least one dim"):
+            op(*scalars, "silu")
+        empty = [torch.empty(0, 5, device=device) for _ in range(3)]
+        for grad in op(*empty, "silu"):
+            assert torch.equal(grad, torch.zeros(5, device=device))
+        utils = (
+            "test_schema",
+            "test_autograd_registration",
+            "test_faketensor",
+            "test_aot_dispatch_dynamic",
+        )
+        args = (*_buffers("two projections", torch.float32, device), "gelu")
+        torch.library.opcheck(op, args, test_utils=utils)
 
 
 # ---- the kept projections, through the saved-tensor hooks --------------------------------

@@ -249,7 +249,10 @@ def heavy_specs() -> list[Spec]:
 
 
 ROW_DIRECTIONS = tuple(d for d in DIRECTIONS if len(launch.ROW_MODES[d]) > 1)
-PLAIN_DIRECTIONS = tuple(d for d in DIRECTIONS if (False, False) in launch.ROW_MODES[d])
+# The launches of plain calls (no bias gradient summed), for the examples.
+PLAIN_DIRECTIONS = tuple(
+    d for d in DIRECTIONS if (False, False) in launch.ROW_MODES[d] and d not in launch.SUMMING
+)
 
 
 def row_specs() -> list[Spec]:
@@ -598,6 +601,8 @@ def _binder_plans() -> list[tuple[str, dict, torch.Tensor]]:
         if x.stride(-1) == 1:  # the in-place form reads the halves where they are
             plan = _C.plan_gated_backward_in_place(grad.clone(), *x.chunk(2, -1), "silu")
             plans.append(("backward_in_place", plan, x))
+            plan, _ = _C.plan_gated_backward_in_place_bias(grad.clone(), *x.chunk(2, -1), "silu")
+            plans.append(("backward", plan, x))
     huge = dict(plans[0][1], runs=2**31 + 16, outer_stride=2**33)
     plans.append(("forward", huge, plans[0][2]))
     # The bias and counts: a [2, 3, 2 * 64] input, its bias [2 * 64], counts [2]; the
@@ -820,7 +825,7 @@ def test_accesses_are_align_elements_wide(codegen, arch):
             allowed = {want}
             if op == "ld" and spec.masked:
                 allowed.add(4)
-            if op == "st" and spec.direction == "backward_bias":  # partials: the compute type
+            if op == "st" and spec.direction in launch.SUMMING:  # partials: the compute type
                 allowed.add(min(max(4, spec.itemsize) * spec.align, VECTOR_BYTES))
             if not {want} <= widths <= allowed:
                 wrong.append((spec, op, sorted(widths), sorted(allowed)))

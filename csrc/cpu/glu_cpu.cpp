@@ -355,11 +355,12 @@ struct BackwardKernel {
   }
 };
 
-// The backward of a call with a bias or token counts (RowOptions), by tiles of kBiasTileRows
-// rows, in parallel over the tiles: each row's gradients recomputed at the biased inputs,
-// a refused row's written as zeros, and, where the call asks, the tile's bias-gradient
-// partials: per column, the float32 sum of the unrounded gradients over the tile's rows in
-// increasing order (fixed whatever the threads).
+// The backward of a call with a bias or token counts (RowOptions), or that sums the bias
+// gradient, by tiles of kBiasTileRows rows, in parallel over the tiles: each row's gradients
+// recomputed at the biased inputs, a refused row's written as zeros, and, where the call asks,
+// the tile's bias-gradient partials: per column, the float32 sum of the unrounded gradients
+// over the tile's rows in increasing order (fixed whatever the threads). The in-place form
+// (`out`: GatedMLP's backward with its projections' biases) writes act(gate) * value too.
 template <Activation A, typename scalar_t>
 struct BackwardRowsKernel {
   static void run(const BackwardCall& call) {
@@ -432,6 +433,8 @@ struct BackwardRowsKernel {
     const scalar_t* dy_in = static_cast<const scalar_t*>(call.grad_out) + r * in.run_len;
     const Bias<scalar_t> bias(call.rows, 0);
     const bool sum = call.bias_grad_partials != nullptr;
+    scalar_t* y_out =
+        call.out == nullptr ? nullptr : static_cast<scalar_t*>(call.out) + r * in.run_len;
     for_each_block_of<L::kWidth>(in.run_len, [&](auto full, int64_t done, int64_t n) {
       constexpr bool kFull = decltype(full)::value;
       const int64_t shift = done * kStride;
@@ -449,6 +452,11 @@ struct BackwardRowsKernel {
         accumulate(dx.value, value_sum + done);
       }
       dx.template store<kFull, kPairs>(dg_out + shift, dv_out + shift, n);
+      if (y_out != nullptr) {  // after dy's load: in the in-place form y is grad_out
+        L y;
+        for (int j = 0; j < L::K; ++j) y.v[j] = Math::forward(x.gate.v[j], x.value.v[j], p);
+        P::template store_lanes<kFull>(y, y_out + done, n);
+      }
     });
   }
 };

@@ -137,14 +137,18 @@ inline const char* rows_path_name(const char* name) {
   return "rows-scalar";
 }
 
-// The backward with RowOptions (BackwardCall::rows, never the in-place form): the gradients
-// at the biased inputs, zeros for the rows the token counts refuse, and the bias gradient's
-// partial sums (BackwardCall::bias_grad_partials). A thread holds `width` columns [c, c +
-// width) of one tile of kBiasTileRows rows (Tiling's runs are the tiles, each of 1 item a
-// thread), and walks the tile's rows in increasing order, kItems rows' loads issued at once;
-// it adds each valid row's unrounded gradients into its columns' sums (of the compute type:
-// float; double for double), so each partial is summed in that one order, and writes them
-// (zeros for a tile without valid rows) at the end. The columns' biases are loaded once.
+// The backward with RowOptions (BackwardCall::rows), or that sums the bias gradient: the
+// gradients at the biased inputs, zeros for the rows the token counts refuse, and the bias
+// gradient's partial sums (BackwardCall::bias_grad_partials). The in-place form (GatedMLP's
+// backward with its projections' biases: no RowOptions) writes act(gate) * value over
+// grad_out too (store_y); it takes the vector path only where every row is in phase
+// (Backward::run), so that no load reaches past the thread's own columns, which other
+// threads overwrite. A thread holds `width` columns [c, c + width) of one tile of
+// kBiasTileRows rows (Tiling's runs are the tiles, each of 1 item a thread), and walks the
+// tile's rows in increasing order, kItems rows' loads issued at once; it adds each valid
+// row's unrounded gradients into its columns' sums (of the compute type: float; double for
+// double), so each partial is summed in that one order, and writes them (zeros for a tile
+// without valid rows) at the end. The columns' biases are loaded once.
 // Each row's tensors may lie at any phase against the thread's columns: the phased loads
 // shift them into place, and a stored gradient out of phase is written element by element.
 // The columns past the last whole item (run_len % width of them) are taken one at a time, by
@@ -173,7 +177,8 @@ struct RowsBackwardThread {
   typename E::Params params;
   BiasPairs<scalar_t> bias;
   RowCheck valid;
-  C* partials;  // or null
+  C* partials;      // or null
+  scalar_t* out;    // the in-place form's act(gate) * value, dense like grad_out; or null
 
   GLU_HD void operator()(uint32_t block, uint32_t thread) const {
     Stretch s;
@@ -247,6 +252,7 @@ struct RowsBackwardThread {
           }
         }
         Acc::store_pair(dg, dv, c, grad_es, grads, Acc::pair_phase(dg, dv, c));
+        if (out != nullptr && ok[u]) store_y<Acc>(xs[u], b, r + u, c);
       }
     }
     if (partials == nullptr) return;
@@ -256,6 +262,22 @@ struct RowsBackwardThread {
       store_one(p + j, sum_g[j]);
       store_one(p + in.run_len + j, sum_v[j]);
     }
+  }
+
+  // The in-place form's act(gate) * value of row r at columns [c, c + Acc::kWidth), from the
+  // row's staged inputs, over its grad_out (read with the inputs): after the row's gradients
+  // are stored, so that they are no longer held in registers while it is computed.
+  template <typename Acc>
+  GLU_HD void store_y(const typename Acc::StagedPairs& staged, const typename Acc::PairPacks& b,
+                      int64_t r, int64_t c) const {
+    const int64_t at = in_offsets(r);
+    const scalar_t* g = gate + at;
+    const scalar_t* v = value + at;
+    const auto x = Acc::ready(staged, Acc::pair_phase(g, v, c));
+    scalar_t* y = out + r * in.run_len;
+    Acc::store_dense_in_phase(
+        y, c, forward_outputs<E, Acc>(x, g < v, b, bias.gate_first(), bias.on(), params),
+        Acc::dense_phase(y, c));
   }
 };
 
@@ -288,11 +310,18 @@ struct Backward {
                               pairs_vectorizable(call.grad_in, grad_gate, grad_value) &&
                               element_aligned<scalar_t>(grad_out) &&
                               (out == nullptr || element_aligned<scalar_t>(out));
-    if (call.rows.has_bias() || call.rows.valid_rows != nullptr) {
+    const bool aligned = pairs_aligned16<scalar_t>(call.in, gate, value) &&
+                         pairs_aligned16<scalar_t>(call.grad_in, grad_gate, grad_value) &&
+                         dense_aligned16<scalar_t>(call.in, grad_out) &&
+                         (out == nullptr || dense_aligned16<scalar_t>(call.in, out));
+    if (call.rows.has_bias() || call.rows.valid_rows != nullptr ||
+        call.bias_grad_partials != nullptr) {
       const auto bias = BiasPairs<scalar_t>::of(call.rows);
       const bool bias_ok = bias_vectorizable(call.in, bias);
+      // In place, a phased load would read neighbours' columns that they write over.
+      const bool in_phase = out == nullptr || aligned;
       return with_access<scalar_t, false>(
-          call.in, vectorizable && bias_ok, false, [&](auto access) {
+          call.in, vectorizable && bias_ok && in_phase, false, [&](auto access) {
             using Access = decltype(access);
             using Thread = RowsBackwardThread<A, scalar_t, Access>;
             Tiling tiling;
@@ -304,14 +333,11 @@ struct Backward {
                                 RunOffsets::of(call.grad_in), gate, value, grad_out,
                                 grad_gate,  grad_value, params,       bias,
                                 RowCheck::of(call.rows),
-                                static_cast<typename Thread::C*>(call.bias_grad_partials)};
+                                static_cast<typename Thread::C*>(call.bias_grad_partials),
+                                out};
             return exec.run(tiling, thread, rows_path_name(Access::kName));
           });
     }
-    const bool aligned = pairs_aligned16<scalar_t>(call.in, gate, value) &&
-                         pairs_aligned16<scalar_t>(call.grad_in, grad_gate, grad_value) &&
-                         dense_aligned16<scalar_t>(call.in, grad_out) &&
-                         (out == nullptr || dense_aligned16<scalar_t>(call.in, out));
     return run_fastest_path<scalar_t, kBackwardInputs>(exec, call.in, vectorizable, aligned, make);
   }
 };

@@ -518,11 +518,13 @@ def backward_bias_kernel(
     PAIRS: tl.constexpr,
     GATE_FIRST: tl.constexpr,
     NESTED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     MASKED: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_E: tl.constexpr,
     WIDE: tl.constexpr,
     ALIGN: tl.constexpr,
+    STORE_Y: tl.constexpr,
 ):
     """backward_kernel with a bias, which also writes the bias gradient's partial sums
     (BackwardCall::bias_grad_partials): sums_ptr, of the compute type (float32; float64
@@ -537,7 +539,12 @@ def backward_bias_kernel(
     compute type (row j of it sums rows j, j + BLOCK_R, ... of the tile, in that order),
     then reduces the accumulator over its BLOCK_R rows with tl.sum, whose tree is fixed by
     the tile's shape. No atomics: the order of every sum is fixed by the launch's tile, and
-    every partial is written (0 where no row of the tile is valid)."""
+    every partial is written (0 where no row of the tile is valid).
+
+    STORE_Y, without a bias (the launcher's "backward_in_place_bias": GatedMLP's backward,
+    whose projections already hold their biases): the in-place form, as
+    backward_in_place_kernel, the gradients over the inputs and act(gate) * value over dy,
+    with the same sums."""
     tile, start, run_len = _tile_origin(run_len, BLOCK_E, WIDE)
     gate_sum = tl.zeros([BLOCK_R, BLOCK_E], COMPUTE)
     value_sum = tl.zeros([BLOCK_R, BLOCK_E], COMPUTE)
@@ -568,12 +575,12 @@ def backward_bias_kernel(
             PAIRS,
             GATE_FIRST,
             NESTED,
-            True,
+            HAS_BIAS,
             MASKED,
             BLOCK_R,
             BLOCK_E,
             ALIGN,
-            False,
+            STORE_Y,
         )
         gate_sum += tl.where(valid[:, None], dg, 0.0)
         value_sum += tl.where(valid[:, None], dv, 0.0)

@@ -24,7 +24,9 @@ csrc/glu_kernels.h's RowOptions: HAS_BIAS (a bias added to gate and value) and M
 counts: rows past their group's count neither read nor written). A backward that also
 sums the bias gradient (a plan with "bias_grad_partials") is backward_bias_kernel, on a
 tile of at most BIAS_TILE_ROWS runs (most_runs), one program for each tile of
-BIAS_TILE_ROWS rows and BLOCK_E columns. specialization() gives them all, and options() the
+BIAS_TILE_ROWS rows and BLOCK_E columns; the in-place backward that sums it (a plan with
+"in_place": GatedMLP's projections' biases) is the same kernel with STORE_Y, launched as
+"backward_in_place_bias". specialization() gives them all, and options() the
 compile options that go with them.
 """
 
@@ -57,14 +59,20 @@ KERNELS = {
     "backward": kernels.backward_kernel,
     "backward_in_place": kernels.backward_in_place_kernel,
     "backward_bias": kernels.backward_bias_kernel,
+    "backward_in_place_bias": kernels.backward_bias_kernel,
 }
+# The launches that sum the bias gradient's partials (backward_bias_kernel's): tiles of at
+# most BIAS_TILE_ROWS runs, a program for each BIAS_TILE_ROWS rows.
+SUMMING = ("backward_bias", "backward_in_place_bias")
 # The kernels that take the bias and token counts, and the (HAS_BIAS, MASKED) each can launch
-# with: backward_bias_kernel always has a bias; the in-place backward neither.
+# with: backward_bias always has a bias; the in-place backward neither (its projections
+# hold theirs).
 ROW_MODES = {
     "forward": ((False, False), (True, False), (False, True), (True, True)),
     "backward": ((False, False), (True, False), (False, True), (True, True)),
     "backward_bias": ((True, False), (True, True)),
     "backward_in_place": ((False, False),),
+    "backward_in_place_bias": ((False, False),),
 }
 BIAS_TILE_ROWS = kernels.BIAS_TILE_ROWS.value
 # (PAIRS, GATE_FIRST) of a launch: halves have a pointer each, so GATE_FIRST is always False
@@ -113,11 +121,11 @@ def options(
     where a kernel needs a little more than an occupancy step (64 or 128 registers for 256
     threads), as some of those did (8 to 32 bytes); .maxnreg lets it take what they need.
     Vector kernels of 2- and 4-byte dtypes keep its choice: no spills there, and twice the
-    occupancy (with .maxnreg, ptxas doubles their registers). backward_bias, which holds
-    two sums an output across its loop over a tile's rows besides the backward's
-    registers, takes .maxnreg in every dtype (its 2-byte vector kernels spilled 8 bytes at
-    128 registers)."""
-    if cuda and (itemsize > 4 or align == 1 or kernel == "backward_bias"):
+    occupancy (with .maxnreg, ptxas doubles their registers). The summing kernels
+    (SUMMING), which hold two sums an output across their loop over a tile's rows besides
+    the backward's registers, take .maxnreg in every dtype (backward_bias's 2-byte vector
+    kernels spilled 8 bytes at 128 registers)."""
+    if cuda and (itemsize > 4 or align == 1 or kernel in SUMMING):
         return {"num_warps": tile.num_warps, "maxnreg": MAXNREG}
     return {"num_warps": tile.num_warps}
 
@@ -129,9 +137,9 @@ def kernel_tile(kernel: str, tile: Config, itemsize: int, rows: bool = False) ->
     half the outputs a thread. So do float64's backward with a bias or counts (their
     addresses and masks besides: GeLU spilled 136 bytes on 8 rows of 256), and
     backward_bias in every dtype, for its sums (in 8 warps float64 GeLU spilled up to 264
-    bytes, and bfloat16 with one element an access 32)."""
+    bytes, and bfloat16 with one element an access 32), and so the in-place one with sums."""
     heavy = kernel == "backward_in_place" or (kernel == "backward" and rows)
-    if (heavy and itemsize > 4) or kernel == "backward_bias":
+    if (heavy and itemsize > 4) or kernel in SUMMING:
         return replace(tile, num_warps=2 * WARPS)
     return tile
 
@@ -214,26 +222,28 @@ def _partials(plan: dict):
 
 def kernel_configs(kernel: str, itemsize: int, align: int | None = None) -> tuple[Config, ...]:
     """The tiles `kernel` can launch with (as specialization() chooses them, before
-    kernel_tile()): configs(), and for backward_bias those of at most BIAS_TILE_ROWS runs."""
+    kernel_tile()): configs(), and for the summing kernels those of at most BIAS_TILE_ROWS
+    runs."""
     tiles = configs(itemsize, align)
-    if kernel == "backward_bias":
+    if kernel in SUMMING:
         return tuple(c for c in tiles if c.block_r <= BIAS_TILE_ROWS)
     return tiles
 
 
 def kernel_constexprs(kernel: str, constexprs: dict) -> dict:
     """specialization()'s constexprs that `kernel` takes (the in-place backward takes no
-    HAS_BIAS or MASKED, backward_bias no HAS_BIAS: it always has one)."""
+    HAS_BIAS or MASKED), and backward_bias_kernel's STORE_Y (the in-place form's)."""
     names = KERNELS[kernel].arg_names
-    return {name: value for name, value in constexprs.items() if name in names}
+    chosen = {**constexprs, "STORE_Y": kernel == "backward_in_place_bias"}
+    return {name: value for name, value in chosen.items() if name in names}
 
 
 def kernel_of(kernel: str, plan: dict) -> str:
     """The kernel a launch of `kernel` ("forward", "backward", "backward_in_place") takes for
     the plan: the backward that sums the bias gradient where the plan asks for its
-    partials."""
+    partials, in place where the plan says so."""
     if kernel == "backward" and _partials(plan) is not None:
-        return "backward_bias"
+        return "backward_in_place_bias" if plan.get("in_place") else "backward_bias"
     return kernel
 
 
@@ -301,7 +311,7 @@ def check_promises(tile: Config, constexprs: dict, plan: dict, strides, itemsize
         expected = (tiles, 2, plan["run_len"])
         dtype = partials_dtype(itemsize)
         if (
-            gate_bias is None
+            (gate_bias is None) != bool(plan.get("in_place"))
             or partials.dtype != dtype
             or tuple(partials.shape) != expected
             or not partials.is_contiguous()
@@ -311,9 +321,9 @@ def check_promises(tile: Config, constexprs: dict, plan: dict, strides, itemsize
 
 
 def grid(kernel: str, tile: Config, plan: dict) -> tuple[int]:
-    """Programs of a launch: one a tile, or for backward_bias one a (tile of BIAS_TILE_ROWS
-    runs, BLOCK_E outputs of each)."""
-    rows = BIAS_TILE_ROWS if kernel == "backward_bias" else tile.block_r
+    """Programs of a launch: one a tile, or for the summing kernels one a (tile of
+    BIAS_TILE_ROWS runs, BLOCK_E outputs of each)."""
+    rows = BIAS_TILE_ROWS if kernel in SUMMING else tile.block_r
     return (triton.cdiv(plan["runs"], rows) * triton.cdiv(plan["run_len"], tile.block_e),)
 
 
@@ -326,7 +336,7 @@ def arguments(kernel: str, plan: dict, strides) -> tuple:
     if kernel == "backward_in_place":
         return (*plan["pointers"], *integers, *floats)
     rows = (*_bias(plan), plan.get("valid_rows"))
-    if kernel == "backward_bias":
+    if kernel in SUMMING:
         rows = (*rows, _partials(plan))
     return (*plan["pointers"], *rows, *integers, plan.get("rows_per_group", 0), *floats)
 

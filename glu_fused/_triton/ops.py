@@ -72,6 +72,12 @@ def gated_backward_in_place(grad_out, gate, value, activation):
     _launch("backward_in_place", plan, gate)
 
 
+def gated_backward_in_place_bias(grad_out, gate, value, activation):
+    plan, finish = _C.plan_gated_backward_in_place_bias(grad_out, gate, value, activation)
+    _launch("backward", plan, gate)
+    return finish()
+
+
 _lib = torch.library.Library("glu_fused", "IMPL")
 for _op in (
     glu_forward,
@@ -81,6 +87,7 @@ for _op in (
     gated_backward,
     gated_backward_bias,
     gated_backward_in_place,
+    gated_backward_in_place_bias,
 ):
     for _key in ("CUDA", "CPU") if INTERPRETER else ("CUDA",):
         _lib.impl(f"triton_{_op.__name__}", _op, _key)

@@ -77,10 +77,17 @@ class Backend(Protocol):
         """The gated_forward_fp8 op's call: (q, scale)."""
 
     def gated_backward_in_place(
-        self, grad_out: torch.Tensor, gate: torch.Tensor, value: torch.Tensor, activation: str
-    ) -> None:
+        self,
+        grad_out: torch.Tensor,
+        gate: torch.Tensor,
+        value: torch.Tensor,
+        activation: str,
+        bias_grad: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The gated_backward_in_place op's call: act(gate) * value over grad_out, the
-        gradients over gate and value (GatedMLP's backward)."""
+        gradients over gate and value (GatedMLP's backward). With bias_grad
+        (gated_backward_in_place_bias), also the gradients of the biases that gate and value
+        hold, summed over their rows in the same pass: (d gate_bias, d value_bias)."""
 
 
 class OpsBackend:
@@ -147,5 +154,9 @@ class OpsBackend:
             valid_tokens=valid_tokens,
         )
 
-    def gated_backward_in_place(self, grad_out, gate, value, activation) -> None:
-        _ops.GATED[self.family].backward_in_place(grad_out, gate, value, activation)
+    def gated_backward_in_place(self, grad_out, gate, value, activation, bias_grad=False):
+        ops = _ops.GATED[self.family]
+        if bias_grad:
+            return ops.backward_in_place_bias(grad_out, gate, value, activation)
+        ops.backward_in_place(grad_out, gate, value, activation)
+        return None

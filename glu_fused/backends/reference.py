@@ -29,5 +29,5 @@ class ReferenceBackend:
     def gated_fp8(self, gate, value, activation, *fp8_args, **rows):
         return reference.gated_fp8(gate, value, activation, *fp8_args, **rows)
 
-    def gated_backward_in_place(self, grad_out, gate, value, activation) -> None:
-        _derivatives.gated_backward_in_place(grad_out, gate, value, activation)
+    def gated_backward_in_place(self, grad_out, gate, value, activation, bias_grad=False):
+        return _derivatives.gated_backward_in_place(grad_out, gate, value, activation, bias_grad)
