@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -92,17 +94,57 @@ def test_extension_cpu_kernels_run_torchs_simd_level():
     assert glu_fused.backend_status()["cpu"] == f"available ({here} kernels)"
 
 
-def test_cuda_kernels_are_built_wherever_they_can_be():
-    """With kernels in csrc/cuda, nvcc and a CUDA torch, a build without them is broken."""
-    can, why = build_config.cuda_decision(
+def _cuda_buildable() -> tuple[bool, str]:
+    return build_config.cuda_decision(
         torch.version.cuda, build_config.find_cuda_home(), build_config.cuda_sources(), environ={}
     )
+
+
+def test_cuda_kernels_are_built_wherever_they_can_be():
+    """With kernels in csrc/cuda, nvcc and a CUDA torch, a build without them is broken, unless
+    switched off ($GLU_FUSED_CUDA=0, as make test-oldest builds: the next test)."""
+    can, why = _cuda_buildable()
     from glu_fused import _C
 
     if not can:
         assert not _C.WITH_CUDA
         skip_outside_ci(f"the CUDA kernels cannot be built here: {why}")
+    if os.environ.get("GLU_FUSED_CUDA") == "0" and not _C.WITH_CUDA:
+        pytest.skip("built with GLU_FUSED_CUDA=0: the CUDA kernels switched off")
     assert _C.WITH_CUDA, "nvcc and a CUDA torch are present but the CUDA kernels were not built"
+
+
+def test_the_cuda_launch_code_compiles_against_this_torch():
+    """Where the CUDA kernels could be built but were switched off (make test-oldest: their
+    sources include no torch header, so make test's build covers them for any torch), the code
+    that launches them still compiles against this torch's headers: glu_ops.cpp with
+    GLU_FUSED_WITH_CUDA (c10/cuda's stream and guard), g++ -fsyntax-only."""
+    from torch.utils import cpp_extension
+
+    from glu_fused import _C
+
+    can, why = _cuda_buildable()
+    if not can:
+        skip_outside_ci(f"the CUDA kernels cannot be built here: {why}")
+    if _C.WITH_CUDA:
+        pytest.skip("the extension's build compiled it with its CUDA kernels")
+    plan = build_config.plan(torch.version.cuda, environ={**os.environ, "GLU_FUSED_CUDA": "1"})
+    includes = [
+        build_config.CSRC,
+        *cpp_extension.include_paths(),
+        os.path.join(build_config.find_cuda_home(), "include"),
+        sysconfig.get_paths()["include"],
+    ]
+    command = [
+        shutil.which("c++") or "g++",
+        "-fsyntax-only",
+        "-std=c++17",
+        *plan.cxx_flags,
+        *(f"-I{path}" for path in includes),
+        os.path.join(build_config.CSRC, "glu_ops.cpp"),
+    ]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, f"{' '.join(command)}\n{run.stderr[-4000:]}"
 
 
 def test_default_cuda_archs_add_the_newer_ones_nvcc_has():
