@@ -440,6 +440,39 @@ def test_a_tensor_past_the_kept_activations_limit_computes_them_twice_alike():
         torch.set_num_threads(threads)
 
 
+def test_the_kept_activations_buffer_is_reused_across_sizes_and_threads():
+    """The per-tensor scale's kept activations live in a buffer the calling thread keeps from
+    call to call (csrc/cpu/glu_cpu.cpp, tensor_scratch): calls of growing and shrinking sizes,
+    in this thread and in another, each the rule applied to its own plain result."""
+    import threading
+
+    def check(rows, what):
+        x = random_input((rows, 2 * 96), torch.bfloat16)
+        with torch.no_grad():
+            y = glu_fused.swiglu(x)
+            q, s = glu_fused.swiglu(x, out_dtype=E4M3, granularity="tensor")
+        expected_q, expected_s = _rule(y, E4M3, {"granularity": "tensor"})
+        assert_same_bits(q, expected_q, f"q, {what}")
+        assert_same_bits(s, expected_s, f"scale, {what}")
+
+    sizes = (7, 300, 5, 1000, 64)
+    for rows in sizes:
+        check(rows, f"{rows} rows")
+    failures = []
+
+    def other():
+        try:
+            for rows in reversed(sizes):
+                check(rows, f"{rows} rows, another thread")
+        except AssertionError as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert not failures, failures[0]
+
+
 # ---- autograd ---------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -695,6 +696,22 @@ void for_each_chunk(const Fp8Call& call, const Act& act, float* scratch, const B
 // activation costs more than reading them back, but the buffer would grow with the tensor).
 constexpr int64_t kFp8ScratchElements = int64_t(1) << 22;
 
+// That buffer, kept by the calling thread from call to call (at most kFp8ScratchElements
+// floats, 16 MiB): allocated afresh, each call paid its zeroing and first-touch page faults
+// (swiglu, bfloat16 [1024, 8192]: 4.1 ms a call, against 3.1-3.3 ms reused and 4.4-4.7 ms
+// for torch.compile's two passes).
+float* tensor_scratch(int64_t numel) {
+  thread_local std::unique_ptr<float[]> buffer;
+  thread_local int64_t size = 0;
+  if (size < numel) {
+    buffer.reset();  // the old one freed before the new one is taken
+    size = 0;
+    buffer.reset(new float[numel]);
+    size = numel;
+  }
+  return buffer.get();
+}
+
 // One scale for the tensor: the static one, or the amax of every activation first (a pass
 // of its own; max is exact, so the split over threads cannot change it).
 template <typename Act>
@@ -713,8 +730,7 @@ void quantize_tensor(const Fp8Call& call, const Act& act) {
   const int64_t numel = call.in.numel();
   // Kept for a dense second pass: not where rows are refused, whose q stays unwritten.
   const bool keep = numel <= kFp8ScratchElements && call.rows.valid_rows == nullptr;
-  std::vector<float> kept(keep ? numel : 0);
-  float* scratch = kept.empty() ? nullptr : kept.data();
+  float* scratch = keep ? tensor_scratch(numel) : nullptr;
   std::vector<float> partial(std::max<int>(1, at::get_num_threads()), 0.0f);
   const auto amax_of = [&](int64_t, const float*, int64_t, float chunk_amax) {
     float& m = partial[at::get_thread_num()];
