@@ -74,6 +74,11 @@ def _time(named: dict, clock, plan, grad_mode: bool) -> dict[str, float]:
     return {name: median(s) for name, s in samples.items()}
 
 
+def _worst_error(got, want) -> float:
+    """The largest of each tensor's max error relative to its reference's largest value."""
+    return max(((g.double() - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want))
+
+
 def bias_rows(tokens: int, hidden: int, dtype: torch.dtype, device) -> list[dict]:
     clock, plan = Clock(device), plan_for(device)
     x = (torch.randn(tokens, 2 * hidden, device=device) * 3).to(dtype).requires_grad_()
@@ -90,13 +95,7 @@ def bias_rows(tokens: int, hidden: int, dtype: torch.dtype, device) -> list[dict
     for name, fn in forward.items():
         out = fn(x, bias)
         grads = torch.autograd.grad(out, (x, bias), grad)
-        errors[name] = max(
-            ((out.double() - want).abs().max() / want.abs().max()).item(),
-            *(
-                ((g.double() - w).abs().max() / w.abs().max()).item()
-                for g, w in zip(grads, want_grads)
-            ),
-        )
+        errors[name] = _worst_error((out, *grads), (want, *want_grads))
     size = torch.finfo(dtype).bits // 8
     rows = []
     fwd = _time({n: (lambda i, f=f: f(x, bias)) for n, f in forward.items()}, clock, plan, False)
@@ -206,9 +205,7 @@ def _mlp_error(module, x, grad, want) -> float:
     grads = torch.autograd.grad(out, [x, *biases], grad)
     if len(biases) == 2:  # GatedMLP: gate_up's bias, then down's
         grads = (grads[0], *grads[1].chunk(2), grads[2])
-    return max(
-        ((g.double() - w).abs().max() / w.abs().max()).item() for g, w in zip((out, *grads), want)
-    )
+    return _worst_error((out, *grads), want)
 
 
 def mlp_rows(tokens: int, hidden: int, intermediate: int, dtype: torch.dtype, device) -> list[dict]:
