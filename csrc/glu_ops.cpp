@@ -308,9 +308,8 @@ std::tuple<Tensor, Tensor> gated_backward_in_place_bias_meta(const Tensor& grad_
                                                              const Tensor& gate,
                                                              const Tensor& value,
                                                              std::string_view activation) {
-  gated_backward_in_place_meta(grad_out, gate, value, activation);
-  TORCH_CHECK_VALUE(gate.dim() > 0,
-                    "glu_fused: a bias gradient needs gate and value of at least one dim");
+  check_gated(gate, value, activation);
+  check_gated_grad(grad_out, gate, /*bias_grad=*/true);
   const auto bias_shape = std::vector<c10::SymInt>{gate.sym_size(-1)};
   return {at::empty_symint(bias_shape, gate.options()),
           at::empty_symint(bias_shape, gate.options())};

@@ -223,8 +223,10 @@ ActivationCall check_gated(const Tensor& gate, const Tensor& value, std::string_
   return {kind, gate_activation(activation), 0.0, 0.0};
 }
 
-void check_gated_grad(const Tensor& grad_out, const Tensor& gate) {
+void check_gated_grad(const Tensor& grad_out, const Tensor& gate, bool bias_grad) {
   check_same(grad_out, gate, "grad_out", "gate");
+  TORCH_CHECK_VALUE(!bias_grad || gate.dim() > 0,
+                    "glu_fused: a bias gradient needs gate and value of at least one dim");
 }
 
 std::vector<c10::SymInt> halved_shape(const Tensor& x, int64_t dim) {
@@ -585,9 +587,7 @@ BackwardPlan plan_gated_backward_in_place(const Tensor& grad_out, const Tensor& 
                                          bool bias_grad) {
   BackwardPlan plan;
   plan.op = check_gated(gate, value, activation);
-  check_gated_grad(grad_out, gate);
-  TORCH_CHECK_VALUE(!bias_grad || gate.dim() > 0,
-                    "glu_fused: a bias gradient needs gate and value of at least one dim");
+  check_gated_grad(grad_out, gate, bias_grad);
   check_in_place(grad_out, {gate, value});
   at::assert_no_overlap(gate, value);
   if (gate.numel() != 0) {

@@ -41,7 +41,8 @@ PackedArgs check_packed(const at::Tensor& x, int64_t dim, std::string_view funct
 void check_packed_grad(const at::Tensor& grad_out, const at::Tensor& x, int64_t dim);
 ActivationCall check_gated(const at::Tensor& gate, const at::Tensor& value,
                            std::string_view activation);
-void check_gated_grad(const at::Tensor& grad_out, const at::Tensor& gate);
+// grad_out against gate; with bias_grad, also that there is a last dim to sum the bias over.
+void check_gated_grad(const at::Tensor& grad_out, const at::Tensor& gate, bool bias_grad = false);
 
 // ---- bias and token counts (docs/contract.md, "Bias and token counts") --------------------
 
