@@ -470,10 +470,12 @@ constexpr int64_t kFp8Chunk = 2048;
 using VecF = Vectorized<float>;
 using VecI = Vectorized<int32_t>;
 
-// Fp8Rule::nan_max on vectors: the larger of m and |y| lane by lane, a NaN winning.
+// Fp8Rule::nan_max on vectors: the larger of m and |y| lane by lane, a NaN winning. On the
+// bits: with the sign cleared, float order is the order of the bits as integers, and a NaN's
+// exceed every other's, so one integer max does it (compares and blends cost 3x as much).
 C10_ALWAYS_INLINE VecF nan_max(const VecF& m, const VecF& y) {
-  const VecF b = y.abs();
-  return VecF::blendv(m, b, (b > m) | (b != b));
+  const VecI b = at::vec::cast<int32_t>(y) & VecI(0x7fffffff);
+  return at::vec::cast<float>(at::vec::maximum(at::vec::cast<int32_t>(m), b));
 }
 
 // The lanes' nan_max, by shuffles (every lane is >= 0 or NaN).
@@ -574,15 +576,40 @@ C10_ALWAYS_INLINE VecI fp8_bits(const VecF& f, const Fp8Encoding& e) {
   const int shift = 23 - e.mantissa;
   const int32_t denorm_mask = (127 - e.bias + shift + 1) << 23;
   const int32_t least_normal = (127 - e.bias + 1) << 23;
+  const auto rebias = static_cast<int32_t>(static_cast<uint32_t>(e.bias - 127) << 23);
+  const int32_t round_up = rebias + (1 << (shift - 1)) - 1;  // odd mantissas add one more
+#if defined(CPU_CAPABILITY_AVX512)
+  // The same steps with AVX-512's mask registers: at::vec's compares return vectors, which
+  // each blend turns back into a mask.
+  const auto splat = [](int32_t i) { return _mm512_set1_epi32(i); };
+  const __m128i count = _mm_cvtsi32_si128(shift);
+  const __m512i all = _mm512_castps_si512(f);
+  const __m512i sign = _mm512_and_si512(all, splat(static_cast<int32_t>(0x80000000u)));
+  const __m512i b = _mm512_xor_si512(all, sign);
+  const __m512 aligned =
+      _mm512_add_ps(_mm512_castsi512_ps(b), _mm512_castsi512_ps(splat(denorm_mask)));
+  const __m512i denormal = _mm512_sub_epi32(_mm512_castps_si512(aligned), splat(denorm_mask));
+  const __m512i odd = _mm512_and_si512(_mm512_srl_epi32(b, count), splat(1));
+  const __m512i normal =
+      _mm512_srl_epi32(_mm512_add_epi32(_mm512_add_epi32(b, splat(round_up)), odd), count);
+  const __mmask16 nan = _mm512_cmpgt_epi32_mask(b, splat(0x7f800000));
+  __m512i bits = _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(b, splat(least_normal)), normal,
+                                         denormal);
+  bits = _mm512_mask_blend_epi32(nan, bits, splat(0x7f));
+  __m512i out = _mm512_or_si512(bits, _mm512_srli_epi32(sign, 24));
+  if (e.fnuz) {
+    out = _mm512_mask_blend_epi32(_mm512_cmpeq_epi32_mask(bits, splat(0)), out, splat(0));
+    out = _mm512_mask_blend_epi32(nan, out, splat(0x80));
+  }
+  return out;
+#else
   const VecI all = at::vec::cast<int32_t>(f);
   const VecI sign = all & VecI(static_cast<int32_t>(0x80000000u));
   const VecI b = all ^ sign;
   const VecI denormal =
       at::vec::cast<int32_t>(at::vec::cast<float>(b) + at::vec::cast<float>(VecI(denorm_mask))) -
       VecI(denorm_mask);
-  const auto rebias = static_cast<int32_t>(static_cast<uint32_t>(e.bias - 127) << 23);
-  const VecI normal =
-      (b + VecI(rebias + (1 << (shift - 1)) - 1) + ((b >> VecI(shift)) & VecI(1))) >> VecI(shift);
+  const VecI normal = (b + VecI(round_up) + ((b >> VecI(shift)) & VecI(1))) >> VecI(shift);
   const VecI nan = b > VecI(0x7f800000);
   VecI bits = VecI::blendv(normal, denormal, b < VecI(least_normal));
   bits = VecI::blendv(bits, VecI(0x7f), nan);
@@ -592,6 +619,7 @@ C10_ALWAYS_INLINE VecI fp8_bits(const VecF& f, const Fp8Encoding& e) {
     out = VecI::blendv(out, VecI(0x80), nan);
   }
   return out;
+#endif
 }
 
 // The low byte of each of the first k lanes, to out.
@@ -626,8 +654,7 @@ void quantize(const float* y, int64_t n, const Fp8Rule& rule, const Fp8Encoding&
   for (int64_t i = 0; i < n; i += VecF::size()) {
     const int64_t k = std::min<int64_t>(n - i, VecF::size());
     VecF v = (k == VecF::size() ? VecF::loadu(y + i) : VecF::loadu(y + i, k)) * scale;
-    v = VecF::blendv(v, top, v > top);  // NaN fails both tests and stays
-    v = VecF::blendv(v, bottom, v < bottom);
+    v = at::vec::clamp_min(at::vec::clamp_max(v, top), bottom);  // a NaN v stays
     store_low_bytes(fp8_bits(v, encoding), q + i, k);
   }
 }
