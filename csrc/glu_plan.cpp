@@ -5,6 +5,10 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -165,8 +169,34 @@ bool rows_layout(const Tensor& t, PairLayout& layout) {
 // sees any element a kernel forgets to write.
 const bool kPoisonOutputs = env_flag("GLU_FUSED_POISON_OUTPUTS");
 
+// A large CPU result's whole 2 MiB pages are asked to be transparent huge pages (Linux, where
+// THP is "madvise", the common setting; a no-op under "always" and "never"). A fresh buffer
+// pays a page fault per 4 KiB on its first touch, which on a VM costs more than the kernel's
+// writes: a fresh 32 MiB buffer took 7.0 ms to fill against 2.9 ms in huge pages, and the
+// float32 GLU backward of [1024, 8192] 15.8 ms against 6.0 ms advised. torch does this for every
+// allocation under THP_MEM_ALLOC_ENABLE=1; ours do it for the results our kernels write
+// whole, which fill the pages they are given. The price: where free memory is fragmented,
+// the kernel may compact it on such a fault (THP's "defrag" setting); $GLU_FUSED_HUGE_PAGES=0
+// leaves the results' memory as the allocator gives it.
+const bool kHugePages = [] {
+  const char* value = std::getenv("GLU_FUSED_HUGE_PAGES");
+  return value == nullptr || std::string_view(value) != "0";
+}();
+
+void advise_huge_pages(const Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  if (!kHugePages || !t.is_cpu() || t.nbytes() < 2 * kHugePage) return;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (begin + t.nbytes()) & ~(kHugePage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+}
+
 Tensor new_result(at::IntArrayRef shape, const Tensor& like) {
   Tensor out = at::empty(shape, like.options());
+  advise_huge_pages(out);
   if (kPoisonOutputs) out.fill_(std::numeric_limits<double>::quiet_NaN());
   return out;
 }
@@ -807,6 +837,7 @@ namespace {
 void finish_fp8_plan(Fp8Plan& plan, const Tensor& like, c10::IntArrayRef out_shape) {
   const Fp8Options& o = plan.options;
   plan.q = at::empty(out_shape, like.options().dtype(o.out_dtype));
+  advise_huge_pages(plan.q);
   const int64_t last = out_shape.back();
   if (o.granularity == "tensor") {
     plan.settings.block = 0;
