@@ -421,6 +421,16 @@ def test_the_tensor_amax_does_not_depend_on_the_thread_split():
     assert results[0][1].item() == (amax / torch.tensor(448.0)).item()
 
 
+def _assert_per_tensor_fp8_is_the_rule(x: torch.Tensor, what: str) -> None:
+    """swiglu(x)'s dynamic per-tensor e4m3 (q, scale): bit for bit the rule on its plain result."""
+    with torch.no_grad():
+        y = glu_fused.swiglu(x)
+        q, s = glu_fused.swiglu(x, out_dtype=E4M3, granularity="tensor")
+    expected_q, expected_s = _rule(y, E4M3, {"granularity": "tensor"})
+    assert_same_bits(q, expected_q, f"q, {what}")
+    assert_same_bits(s, expected_s, f"scale, {what}")
+
+
 def test_a_tensor_past_the_kept_activations_limit_computes_them_twice_alike():
     """Per-tensor scales above 2^22 elements: the second pass computes the activations again
     instead of keeping them (csrc/cpu/glu_cpu.cpp, kFp8ScratchElements); the same bits."""
@@ -430,12 +440,7 @@ def test_a_tensor_past_the_kept_activations_limit_computes_them_twice_alike():
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            with torch.no_grad():
-                y = glu_fused.swiglu(x)
-                q, s = glu_fused.swiglu(x, out_dtype=E4M3, granularity="tensor")
-            expected_q, expected_s = _rule(y, E4M3, {"granularity": "tensor"})
-            assert_same_bits(q, expected_q, f"q, {n} threads")
-            assert_same_bits(s, expected_s, f"scale, {n} threads")
+            _assert_per_tensor_fp8_is_the_rule(x, f"{n} threads")
     finally:
         torch.set_num_threads(threads)
 
@@ -447,13 +452,7 @@ def test_the_kept_activations_buffer_is_reused_across_sizes_and_threads():
     import threading
 
     def check(rows, what):
-        x = random_input((rows, 2 * 96), torch.bfloat16)
-        with torch.no_grad():
-            y = glu_fused.swiglu(x)
-            q, s = glu_fused.swiglu(x, out_dtype=E4M3, granularity="tensor")
-        expected_q, expected_s = _rule(y, E4M3, {"granularity": "tensor"})
-        assert_same_bits(q, expected_q, f"q, {what}")
-        assert_same_bits(s, expected_s, f"scale, {what}")
+        _assert_per_tensor_fp8_is_the_rule(random_input((rows, 2 * 96), torch.bfloat16), what)
 
     sizes = (7, 300, 5, 1000, 64)
     for rows in sizes:
